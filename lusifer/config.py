@@ -1,0 +1,149 @@
+"""`LusiferConfig`: the architecture and text format of a LUSIFER model, as a validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from lusifer.prompts import DEFAULT_DOCUMENT_TEMPLATE, DEFAULT_QUERY_TEMPLATE
+
+POOLINGS = ("mean",)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    lower = 0 if allow_zero else 1
+    if value < lower:
+        raise ValueError(f"{name}={value!r} must be >= {lower}")
+
+
+@dataclass
+class LusiferConfig:
+    """Configuration of a LUSIFER model.
+
+    Args:
+        encoder_path: Local folder of the multilingual encoder (XLM-R or BERT family, safetensors + tokenizer).
+        llm_path: Local folder of the English-centric decoder LLM (Llama, Mistral or Qwen2 family).
+        connector_hidden: Hidden width of the 2-layer connector MLP; ``None`` uses the LLM hidden size.
+        num_learnable_tokens: Learnable vectors appended after the connector output (0 disables them).
+        pooling: How token states become one vector; only ``"mean"`` over non-padding positions.
+        projection_dim: Output size of the optional Linear-ReLU-Linear projection on the pooled vector;
+            ``None`` means no projection (the embedding is the pooled LLM state).
+        projection_hidden: Hidden width of the projection; ``None`` uses the LLM hidden size.
+        max_length: Maximum number of encoder tokens per text (longer texts are truncated).
+        query_template: Template for queries, with ``{instruction}`` and ``{text}`` fields.
+        document_template: Template for documents, with ``{instruction}`` and ``{text}`` fields.
+        default_query_instruction: Instruction used for queries when none is given ("" = none).
+        default_document_instruction: Instruction used for documents when none is given ("" = none).
+        attn_implementation: Decoder attention kernel, ``"sdpa"`` or ``"eager"`` (both bidirectional).
+        normalize: Whether embeddings are L2-normalised by default.
+        encoder_hidden: Encoder hidden size; filled in when the model is built.
+        llm_hidden: LLM hidden size; filled in when the model is built.
+    """
+
+    encoder_path: str = ""
+    llm_path: str = ""
+    connector_hidden: int | None = None
+    num_learnable_tokens: int = 0
+    pooling: str = "mean"
+    projection_dim: int | None = None
+    projection_hidden: int | None = None
+    max_length: int = 512
+    query_template: str = DEFAULT_QUERY_TEMPLATE
+    document_template: str = DEFAULT_DOCUMENT_TEMPLATE
+    default_query_instruction: str = ""
+    default_document_instruction: str = ""
+    attn_implementation: str = "sdpa"
+    normalize: bool = True
+    encoder_hidden: int | None = None
+    llm_hidden: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_path", "llm_path", "default_query_instruction", "default_document_instruction"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a string")
+        _positive_int("connector_hidden", self.connector_hidden, allow_none=True)
+        _positive_int("num_learnable_tokens", self.num_learnable_tokens, allow_zero=True)
+        _positive_int("projection_dim", self.projection_dim, allow_none=True)
+        _positive_int("projection_hidden", self.projection_hidden, allow_none=True)
+        _positive_int("max_length", self.max_length)
+        _positive_int("encoder_hidden", self.encoder_hidden, allow_none=True)
+        _positive_int("llm_hidden", self.llm_hidden, allow_none=True)
+        if self.max_length < 4:
+            raise ValueError(f"max_length={self.max_length!r} must be >= 4 (room for special tokens and text)")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not supported; expected one of {', '.join(POOLINGS)}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={self.attn_implementation!r} is not supported; "
+                f"expected one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        for name in ("query_template", "document_template"):
+            template = getattr(self, name)
+            if not isinstance(template, str) or "{text}" not in template or "{instruction}" not in template:
+                raise ValueError(f"{name}={template!r} must be a string containing '{{instruction}}' and '{{text}}'")
+            try:
+                template.format(instruction="i", text="t")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"{name}={template!r} has fields other than {{instruction}} and {{text}}") from exc
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize={self.normalize!r} must be true or false")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra={self.extra!r} must be a JSON object")
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int | None:
+        """Size of the output embedding, once the LLM hidden size is known."""
+        return self.projection_dim if self.projection_dim is not None else self.llm_hidden
+
+    def instruction_for(self, kind: str, instruction: str | None) -> str:
+        """The instruction to use for ``kind`` when the caller passed ``instruction`` (maybe None)."""
+        if instruction is not None:
+            return instruction
+        return self.default_query_instruction if kind == "query" else self.default_document_instruction
+
+    # ---- JSON round trip ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LusiferConfig":
+        """Build a config from a dict, rejecting unknown keys by name."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LusiferConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json(self, path: str | os.PathLike | None = None, **extra_top_level: Any) -> str:
+        """Serialise to JSON (and write it to ``path`` when given)."""
+        payload = {**extra_top_level, **self.to_dict()} if extra_top_level else self.to_dict()
+        text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike) -> "LusiferConfig":
+        """Read a config from a JSON file path or a JSON string. Keys starting with ``_`` are metadata."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            with open(path_or_text, encoding="utf-8") as fh:
+                text = fh.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config {str(path_or_text)[:200]!r} is not valid JSON: {exc}") from exc
+        return cls.from_dict({k: v for k, v in data.items() if not k.startswith("_")})

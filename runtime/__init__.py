@@ -1,0 +1,1 @@
+"""Offline batch embedding with ONNX Runtime. Imports onnxruntime, tokenizers, numpy, pyarrow; never torch."""
