@@ -1,0 +1,1 @@
+"""Evaluation of embedders on bitext mining and STS (``lusifer-eval``)."""
