@@ -1,14 +1,70 @@
-"""``lusifer-embed``: command line for batch embedding. Parses options and delegates to library functions."""
+"""``lusifer-embed``: command line for batch embedding. Parses options and delegates to :func:`embed_corpus`."""
 
 from __future__ import annotations
 
+import logging
+
 import click
+
+from lusifer.onnx_interface import ManifestError
+from lusifer.runtime.corpus import NULL_POLICIES
+from lusifer.runtime.errors import EmbedError
+from lusifer.runtime.job import embed_corpus
+from lusifer.runtime.writer import OUTPUT_DTYPES
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("corpus")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
-@click.option("--model", "model_dir", type=click.Path(file_okay=False), help="Export folder.")
-def main(corpus: str, out_path: str, model_dir: str | None) -> None:
-    """Embed the text column of a parquet corpus into a .npy file."""
-    raise click.ClickException("lusifer-embed is not implemented yet (issue 5)")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Output .npy file (a .npy.json sidecar and, while running, a .npy.partial file sit beside it).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False),
+              help="Export folder written by lusifer-export (default: the default model).")
+@click.option("--column", default="text", show_default=True, help="Text column of the parquet files.")
+@click.option("--kind", type=click.Choice(["query", "document"]), default="document", show_default=True,
+              help="Prompt template to apply.")
+@click.option("--instruction", default=None,
+              help="Task instruction (default: the model's default for --kind; '' for none).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N. cuda never falls back to CPU.")
+@click.option("--variant", default=None,
+              help="ONNX variant (fp32, fp16, int8). Default: fp16 on CUDA; int8 if exported, else fp32 on CPU.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU intra-op threads [default: physical cores].")
+@click.option("--dtype", type=click.Choice(OUTPUT_DTYPES), default="float32", show_default=True,
+              help="Output dtype.")
+@click.option("--normalize/--no-normalize", default=None,
+              help="L2-normalise rows [default: the model's setting, normally on].")
+@click.option("--on-null", type=click.Choice(NULL_POLICIES), default="error", show_default=True,
+              help="Null texts: error; embed as empty text; or write a zero vector. Rows are never dropped.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per committed chunk and length-sorting window [default: 2048].")
+@click.option("--token-budget", type=click.IntRange(min=1), default=None,
+              help="Padded tokens per forward pass [default: 8192 on CPU, 32768 on CUDA].")
+@click.option("--max-batch-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per forward pass [default: 512].")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO).")
+def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: str, instruction: str | None,
+         device: str, variant: str | None, threads: int | None, dtype: str, normalize: bool | None, on_null: str,
+         resume: bool, overwrite: bool, chunk_rows: int | None, token_budget: int | None,
+         max_batch_rows: int | None, progress: bool, verbose: bool) -> None:
+    """Embed the text column of a parquet CORPUS (a file, a folder of files, or a glob) into a .npy file.
+
+    Row i of the output is row i of the corpus (files in natural name order). Without --resume or
+    --overwrite an existing output is refused.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    try:
+        summary = embed_corpus(
+            corpus, out_path, model_dir, column=column, kind=kind, instruction=instruction, device=device,
+            variant=variant, threads=threads, dtype=dtype, normalize=normalize, on_null=on_null, resume=resume,
+            overwrite=overwrite, chunk_rows=chunk_rows, token_budget=token_budget, max_batch_rows=max_batch_rows,
+            progress=progress,
+        )
+    except (EmbedError, ManifestError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.format())

@@ -1,0 +1,71 @@
+"""Length-sorted, token-budget batches: little padding, bounded memory per forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lusifer.runtime.tokenize import TokenizedTexts
+
+
+@dataclass
+class Batch:
+    """One padded batch.
+
+    Attributes:
+        positions: Index of each row in the tokenised window it came from.
+        input_ids: int64 ``(rows, seq)``, right-padded with the pad id.
+        attention_mask: int64 ``(rows, seq)``, 1 on real tokens.
+    """
+
+    positions: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int) -> list[np.ndarray]:
+    """Group positions into batches: longest first, each batch's ``rows * longest`` within ``token_budget``.
+
+    A text longer than the budget on its own still gets a batch of one.
+
+    Args:
+        lengths: Token count of every text in the window.
+        token_budget: Most padded tokens (rows x longest row) per batch.
+        max_rows: Most rows per batch.
+
+    Returns:
+        Arrays of positions into ``lengths``; together they cover every position once.
+    """
+    if token_budget < 1 or max_rows < 1:
+        raise ValueError(f"token_budget={token_budget} and max_rows={max_rows} must be positive")
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        longest = max(int(lengths[order[start]]), 1)
+        rows = max(1, min(max_rows, token_budget // longest, n - start))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def make_batch(tokens: TokenizedTexts, positions: np.ndarray, pad_token_id: int) -> Batch:
+    """Pad the texts at ``positions`` into one right-padded batch."""
+    lengths = tokens.lengths[positions]
+    seq = max(int(lengths.max()), 1)
+    input_ids = np.full((len(positions), seq), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(positions), seq), dtype=np.int64)
+    for r, (pos, length) in enumerate(zip(positions, lengths)):
+        input_ids[r, :length] = tokens.row(int(pos))
+        attention_mask[r, :length] = 1
+    return Batch(positions=np.asarray(positions), input_ids=input_ids, attention_mask=attention_mask)

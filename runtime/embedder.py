@@ -1,0 +1,223 @@
+"""`Embedder`: embed texts with an exported LUSIFER model on ONNX Runtime (CPU or CUDA), without torch."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from lusifer.runtime.batching import make_batch, plan_batches
+from lusifer.runtime.errors import EmbedError, ExportFolderError
+from lusifer.runtime.export_folder import open_export
+from lusifer.runtime.session import GraphRunner, create_session, resolve_device
+from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts
+
+logger = logging.getLogger(__name__)
+
+# Padded tokens (rows x longest row) per forward pass, and rows per pass, by device kind.
+DEFAULT_TOKEN_BUDGET = {"cpu": 8192, "cuda": 32768}
+DEFAULT_MAX_BATCH_ROWS = 512
+DEFAULT_WINDOW_ROWS = 2048
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows divided by their L2 norm (norm clamped at ``eps``), in float32, as ``lusifer.pooling``."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, eps)
+
+
+def check_texts(texts: Sequence, where: str = "texts") -> None:
+    """Raise ``ValueError`` naming the first element that is not a string."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"{where}[{i}] is {t!r} ({type(t).__name__}); expected str")
+
+
+class Embedder:
+    """Embeds texts with an export folder on ONNX Runtime.
+
+    Loading checks the export (files present, sha256 of the graph and tokenizer), picks the variant (fp16 on
+    CUDA; int8 if present, else fp32 on CPU) and verifies that the session really runs on the device asked
+    for.
+
+    Args:
+        export_dir: Export folder written by ``lusifer-export``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ``"cuda"`` never falls back to CPU.
+        variant: ONNX variant name (``"fp32"``, ``"fp16"``, ``"int8"``); ``None`` picks by device.
+        threads: CPU intra-op threads; ``None`` = number of physical cores.
+        verify: Check sha256 checksums of the graph and tokenizer files (default on).
+
+    Example:
+        >>> emb = Embedder("export/", device="cpu")
+        >>> vecs = emb.embed(["Кошка спит.", "The cat sleeps."], kind="query")
+    """
+
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        device: str = "auto",
+        variant: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ):
+        self.device = resolve_device(device)
+        self.export = open_export(export_dir, self.device.kind, variant, verify=verify)
+        self.manifest = self.export.manifest
+        self.tokenizer = TextTokenizer(self.export.tokenizer_path, self.manifest)
+        if self.device.kind == "cpu" and self.manifest.variants[self.variant].dtype == "fp16":
+            logger.warning("running the fp16 graph on CPU is slow; prefer --variant fp32 or int8 on CPU")
+        self.session = create_session(self.export.graph_path, self.device, threads)
+        self.runner = GraphRunner(self.session, self.device)
+        self.threads = self.session.get_session_options().intra_op_num_threads
+        logger.info(
+            "loaded %s (variant %s) on %s via %s", self.export.folder, self.variant, self.device, self.provider
+        )
+
+    # ---- facts ---------------------------------------------------------------------------------
+    @property
+    def variant(self) -> str:
+        return self.export.variant
+
+    @property
+    def provider(self) -> str:
+        return self.runner.provider
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.embedding_dim
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    @property
+    def model_sha256(self) -> str:
+        return self.export.model_sha256
+
+    @property
+    def default_token_budget(self) -> int:
+        return DEFAULT_TOKEN_BUDGET[self.device.kind]
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], kind: str = "query", instruction: str | None = None) -> TokenizedTexts:
+        """Format and tokenise texts (see :class:`~lusifer.runtime.tokenize.TextTokenizer`)."""
+        return self.tokenizer.encode(texts, kind, instruction)
+
+    def embed_tokens(
+        self,
+        tokens: TokenizedTexts,
+        token_budget: int | None = None,
+        max_batch_rows: int | None = None,
+        on_batch: Callable[[int, int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Run the graph over tokenised texts in length-sorted token-budget batches.
+
+        Args:
+            tokens: Tokenised texts.
+            token_budget: Most padded tokens per forward pass (default by device).
+            max_batch_rows: Most rows per forward pass.
+            on_batch: Called after each batch with ``(rows, real_tokens, padded_tokens)``.
+
+        Returns:
+            float32 ``(len(tokens), dim)`` in the input order, NOT normalised.
+        """
+        budget = token_budget or self.default_token_budget
+        max_rows = max_batch_rows or DEFAULT_MAX_BATCH_ROWS
+        out = np.empty((len(tokens), self.dim), dtype=np.float32)
+        for positions in plan_batches(tokens.lengths, budget, max_rows):
+            batch = make_batch(tokens, positions, self.manifest.pad_token_id)
+            emb = self.runner(batch.input_ids, batch.attention_mask)
+            if emb.shape != (len(positions), self.dim):
+                raise ExportFolderError(
+                    f"graph returned shape {emb.shape}; manifest says embedding_dim={self.dim} for "
+                    f"{len(positions)} rows"
+                )
+            bad = ~np.isfinite(emb).all(axis=1)
+            if bad.any():
+                raise EmbedError(
+                    f"the {self.variant!r} graph produced non-finite embeddings for {int(bad.sum())} of "
+                    f"{len(positions)} rows of a batch (e.g. fp16 overflow); try --variant fp32"
+                )
+            out[positions] = emb
+            if on_batch is not None:
+                on_batch(len(positions), batch.real_tokens, batch.padded_tokens)
+        return out
+
+    # ---- text API ------------------------------------------------------------------------------
+    def embed(
+        self,
+        texts: Sequence[str] | str,
+        kind: str = "query",
+        instruction: str | None = None,
+        normalize: bool | None = None,
+        token_budget: int | None = None,
+        max_batch_rows: int | None = None,
+    ) -> np.ndarray:
+        """Embed texts; same result as ``LusiferModel.encode`` with the same arguments.
+
+        Args:
+            texts: Strings (or one string).
+            kind: ``"query"`` or ``"document"`` (selects the prompt template).
+            instruction: Task instruction; ``None`` uses the export's default for ``kind``, ``""`` none.
+            normalize: L2-normalise rows; ``None`` uses the manifest's setting (normally True).
+            token_budget: Most padded tokens per forward pass.
+            max_batch_rows: Most rows per forward pass.
+
+        Returns:
+            float32 ``(len(texts), dim)``, rows in input order.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        check_texts(texts)
+        if not texts:
+            self.tokenizer.resolve_instruction(kind, instruction)
+            return np.zeros((0, self.dim), dtype=np.float32)
+        blocks = self.iter_embed(
+            texts, kind, instruction, normalize, chunk_rows=max(len(texts), 1), token_budget=token_budget,
+            max_batch_rows=max_batch_rows,
+        )
+        return np.concatenate(list(blocks), axis=0)
+
+    def iter_embed(
+        self,
+        texts: Iterable[str],
+        kind: str = "query",
+        instruction: str | None = None,
+        normalize: bool | None = None,
+        chunk_rows: int = DEFAULT_WINDOW_ROWS,
+        token_budget: int | None = None,
+        max_batch_rows: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Streaming form of :meth:`embed` for any iterable (a generator, a file...): memory stays bounded.
+
+        Texts are read ``chunk_rows`` at a time, sorted by length inside the chunk, and each chunk's
+        embeddings are yielded in input order as a float32 ``(rows, dim)`` array.
+        """
+        if isinstance(texts, str):
+            raise ValueError("iter_embed expects an iterable of strings, not one string")
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows!r} must be a positive integer")
+        self.tokenizer.resolve_instruction(kind, instruction)
+        normalize = self.manifest.normalize if normalize is None else normalize
+        iterator = iter(texts)
+        seen = 0
+        while True:
+            chunk = []
+            for text in iterator:
+                chunk.append(text)
+                if len(chunk) >= chunk_rows:
+                    break
+            if not chunk:
+                return
+            for i, t in enumerate(chunk):
+                if not isinstance(t, str):
+                    raise ValueError(f"texts[{seen + i}] is {t!r} ({type(t).__name__}); expected str")
+            seen += len(chunk)
+            emb = self.embed_tokens(self.tokenize(chunk, kind, instruction), token_budget, max_batch_rows)
+            yield l2_normalize(emb) if normalize else emb
+            if len(chunk) < chunk_rows:
+                return

@@ -1,0 +1,203 @@
+"""`embed_corpus`: a parquet corpus -> a ``.npy`` of embeddings, streamed, overlapped, resumable.
+
+Checks everything cheap first (output state, device, model, corpus schema and nulls, export checksums), then
+runs the overlapped stages of :mod:`lusifer.runtime.pipeline` and finalises the output atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lusifer.prompts import check_kind
+from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
+from lusifer.runtime.default_model import resolve_default_model
+from lusifer.runtime.embedder import DEFAULT_MAX_BATCH_ROWS, DEFAULT_TOKEN_BUDGET, DEFAULT_WINDOW_ROWS, Embedder
+from lusifer.runtime.errors import OutputError
+from lusifer.runtime.pipeline import run_pipeline
+from lusifer.runtime.session import resolve_device
+from lusifer.runtime.writer import OUTPUT_DTYPES, VectorWriter, check_output
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedSummary:
+    """What an :func:`embed_corpus` call did (also stored in the sidecar)."""
+
+    output: str
+    rows: int
+    dim: int
+    dtype: str
+    rows_this_run: int
+    resumed_from: int
+    seconds: float
+    rows_per_s: float
+    tokens_per_s: float
+    tokens: int
+    padded_tokens: int
+    truncated: int
+    null_rows: int
+    device: str
+    provider: str
+    variant: str
+    threads: int
+    model_sha256: str
+    chunk_rows: int
+    token_budget: int
+    max_batch_rows: int
+    already_complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """One paragraph for the terminal."""
+        if self.already_complete:
+            return f"{self.output} is already complete ({self.rows} rows x {self.dim}); nothing to do"
+        padding = 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+        resumed = f", resumed at row {self.resumed_from}" if self.resumed_from else ""
+        return (
+            f"wrote {self.output}: {self.rows} rows x {self.dim} {self.dtype}{resumed}\n"
+            f"{self.rows_this_run} rows in {self.seconds:.1f} s: {self.rows_per_s:.1f} rows/s, "
+            f"{self.tokens_per_s:.0f} tokens/s (padding {padding:.1%})\n"
+            f"truncated at max length: {self.truncated} row(s); null rows: {self.null_rows}\n"
+            f"device {self.device} ({self.provider}, {self.threads} thread(s)), variant {self.variant}"
+        )
+
+
+def _resolve_batching(previous: dict | None, device_kind: str, chunk_rows, token_budget, max_batch_rows) -> dict:
+    """Batching settings: explicit values, else the resumed run's (so the output is identical), else defaults."""
+    given = {"chunk_rows": chunk_rows, "token_budget": token_budget, "max_batch_rows": max_batch_rows}
+    for name, value in given.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if previous is not None:
+        stored = previous.get("identity", {}).get("batching", {})
+        clash = [f"{k}={v} (the earlier run used {stored.get(k)})" for k, v in given.items()
+                 if v is not None and stored.get(k) is not None and v != stored.get(k)]
+        if clash:
+            raise OutputError(
+                "cannot resume with different batching: " + ", ".join(clash)
+                + "; leave these options out when resuming so the output matches an uninterrupted run"
+            )
+        given = {k: given[k] if given[k] is not None else stored.get(k) for k in given}
+    defaults = {"chunk_rows": DEFAULT_WINDOW_ROWS, "token_budget": DEFAULT_TOKEN_BUDGET[device_kind],
+                "max_batch_rows": DEFAULT_MAX_BATCH_ROWS}
+    return {k: given[k] if given[k] is not None else defaults[k] for k in given}
+
+
+def embed_corpus(
+    corpus: str | os.PathLike,
+    out: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    *,
+    column: str = "text",
+    kind: str = "document",
+    instruction: str | None = None,
+    device: str = "auto",
+    variant: str | None = None,
+    threads: int | None = None,
+    dtype: str = "float32",
+    normalize: bool | None = None,
+    on_null: str = "error",
+    resume: bool = False,
+    overwrite: bool = False,
+    chunk_rows: int | None = None,
+    token_budget: int | None = None,
+    max_batch_rows: int | None = None,
+    progress: bool = True,
+    verify: bool = True,
+) -> EmbedSummary:
+    """Embed one text column of a parquet corpus into a ``.npy`` file, row i = corpus row i.
+
+    Checks run before any heavy work: output state, device, model, corpus files/column/type/nulls, export
+    checksums. Then chunks of ``chunk_rows`` rows are read, tokenised, embedded in length-sorted batches of at
+    most ``token_budget`` padded tokens, and committed in order (see :mod:`lusifer.runtime.writer`).
+
+    Args:
+        corpus: A parquet file, a folder of parquet files, or a glob.
+        out: The ``.npy`` output path (a ``.json`` sidecar and a ``.partial`` file sit beside it).
+        model: Export folder; ``None`` uses :func:`~lusifer.runtime.default_model.resolve_default_model`.
+        column: The text column.
+        kind: ``"query"`` or ``"document"`` prompt template.
+        instruction: Task instruction; ``None`` = the export's default for ``kind``, ``""`` = none.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (no silent fallback from CUDA).
+        variant: ONNX variant; ``None`` = fp16 on CUDA, int8 (if exported) else fp32 on CPU.
+        threads: CPU intra-op threads (default: physical cores).
+        dtype: Output dtype, ``"float32"`` or ``"float16"``.
+        normalize: L2-normalise rows; ``None`` = the manifest's setting.
+        on_null: ``"error"`` (default), ``"empty"`` (embed ``""``) or ``"zero"`` (zero vector).
+        resume: Continue an unfinished run of the same job (starts fresh when there is none).
+        overwrite: Replace existing output.
+        chunk_rows: Rows per committed chunk and length-sorting window.
+        token_budget: Most padded tokens per forward pass.
+        max_batch_rows: Most rows per forward pass.
+        progress: Show a tqdm progress bar.
+        verify: Check the export's sha256 checksums.
+
+    Returns:
+        An :class:`EmbedSummary` (also written to the sidecar).
+    """
+    check_kind(kind)
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype={dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
+    if on_null not in NULL_POLICIES:
+        raise ValueError(f"on_null={on_null!r}; expected one of {', '.join(NULL_POLICIES)}")
+    out = Path(out)
+    previous = check_output(out, resume, overwrite)
+    model_dir = Path(model) if model is not None else resolve_default_model()
+    device_kind = resolve_device(device).kind
+    batching = _resolve_batching(previous, device_kind, chunk_rows, token_budget, max_batch_rows)
+    data = open_corpus(corpus, column, on_null)
+    embedder = Embedder(model_dir, device=device, variant=variant, threads=threads, verify=verify)
+    normalize = embedder.manifest.normalize if normalize is None else bool(normalize)
+    identity = {
+        "shape": [data.rows, embedder.dim],
+        "dtype": dtype,
+        "model": {"sha256": embedder.model_sha256, "variant": embedder.variant, "files": embedder.export.checksums},
+        "corpus": {"column": column, "rows": data.rows, "files": [s.describe() for s in data.shards]},
+        "options": {
+            "kind": kind,
+            "instruction": embedder.tokenizer.resolve_instruction(kind, instruction),
+            "normalize": normalize,
+            "on_null": on_null,
+            "max_length": embedder.max_length,
+        },
+        "batching": batching,
+    }
+    run_info = {
+        "corpus_spec": str(corpus),
+        "model_dir": str(model_dir.resolve()),
+        "device": str(embedder.device),
+        "provider": embedder.provider,
+        "threads": embedder.threads,
+        "pid": os.getpid(),
+    }
+    writer = VectorWriter.open(out, identity, previous, run_info)
+    start_row = writer.completed_rows
+    base = dict(output=str(out), rows=data.rows, dim=embedder.dim, dtype=dtype, device=str(embedder.device),
+                provider=embedder.provider, variant=embedder.variant, threads=embedder.threads,
+                model_sha256=embedder.model_sha256, **batching)
+    if writer.already_complete:
+        p = writer.progress
+        return EmbedSummary(rows_this_run=0, resumed_from=start_row, seconds=0.0, rows_per_s=0.0, tokens_per_s=0.0,
+                            tokens=p.get("tokens", 0), padded_tokens=p.get("padded_tokens", 0),
+                            truncated=p.get("truncated", 0), null_rows=p.get("null_rows", 0),
+                            already_complete=True, **base)
+    counters = run_pipeline(data, embedder, writer, kind, instruction, normalize, dtype, batching, start_row, progress)
+    p = writer.progress
+    seconds = counters["seconds"]
+    summary = EmbedSummary(
+        rows_this_run=counters["rows"], resumed_from=start_row, seconds=round(seconds, 3),
+        rows_per_s=round(counters["rows"] / seconds, 2) if seconds else 0.0,
+        tokens_per_s=round(counters["tokens"] / seconds, 1) if seconds else 0.0,
+        tokens=p["tokens"], padded_tokens=p["padded_tokens"], truncated=p["truncated"], null_rows=p["null_rows"],
+        **base,
+    )
+    writer.finalize(summary.to_dict())
+    logger.info("%s", summary.format())
+    return summary

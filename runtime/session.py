@@ -1,0 +1,164 @@
+"""ONNX Runtime sessions: device resolution, providers, CPU threading, and the CUDA IO-binding runner."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from lusifer.onnx_interface import INPUT_NAMES, OUTPUT_NAMES
+from lusifer.runtime.errors import DeviceError, ExportFolderError
+
+logger = logging.getLogger(__name__)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a session runs: ``kind`` is ``"cpu"`` or ``"cuda"``; ``index`` is the CUDA device id."""
+
+    kind: str
+    index: int = 0
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+def resolve_device(device: str) -> Device:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a :class:`Device`, checking that CUDA is available.
+
+    ``"auto"`` means CUDA when this onnxruntime has the CUDA provider, else CPU. An explicit ``"cuda"``
+    never falls back: it raises :class:`DeviceError` when the provider is missing.
+    """
+    match = _DEVICE_RE.match(str(device).strip().lower())
+    if not match or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise DeviceError(f"device={device!r} is not understood; expected auto, cpu, cuda or cuda:N")
+    kind, index = match.group(1), int(match.group(2) or 0)
+    available = ort.get_available_providers()
+    if kind == "auto":
+        kind = "cuda" if CUDA_PROVIDER in available else "cpu"
+        logger.info("device auto -> %s (onnxruntime providers: %s)", kind, ", ".join(available))
+    if kind == "cuda" and CUDA_PROVIDER not in available:
+        raise DeviceError(
+            f"CUDA was asked for but this onnxruntime {ort.__version__} has no {CUDA_PROVIDER} "
+            f"(available: {', '.join(available)}). Install onnxruntime-gpu in place of onnxruntime "
+            "(pip install 'lusifer[gpu]', see the README), or pass --device cpu"
+        )
+    return Device(kind, index)
+
+
+def physical_cores() -> int:
+    """Number of physical CPU cores this process may run on (hyper-threads counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            core = (topo / "core_id").read_text().strip()
+            package = (topo / "physical_package_id").read_text().strip()
+        except OSError:
+            return len(cpus)
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
+def session_options(device: Device, threads: int | None) -> ort.SessionOptions:
+    """Session options: full graph optimisation; on CPU, ``threads`` intra-op threads (default physical cores)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be a positive integer")
+    if device.kind == "cpu":
+        opts.intra_op_num_threads = threads or physical_cores()
+    elif threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def providers_for(device: Device) -> list:
+    """The provider list for a device (CUDA first with the CPU provider for the few nodes CUDA lacks)."""
+    if device.kind == "cuda":
+        cuda_options = {"device_id": device.index, "arena_extend_strategy": "kSameAsRequested"}
+        return [(CUDA_PROVIDER, cuda_options), CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def create_session(graph_path: str | os.PathLike, device: Device, threads: int | None = None) -> ort.InferenceSession:
+    """Create an inference session and check that it really runs on the requested device.
+
+    Raises:
+        ExportFolderError: ONNX Runtime cannot load the graph or it has the wrong inputs/outputs.
+        DeviceError: CUDA was requested but the session did not get the CUDA provider (missing CUDA/cuDNN
+            libraries, driver mismatch...): never a silent CPU fallback.
+    """
+    opts = session_options(device, threads)
+    try:
+        session = ort.InferenceSession(str(graph_path), sess_options=opts, providers=providers_for(device))
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        if device.kind == "cuda" and "CUDA" in str(exc):
+            raise DeviceError(f"onnxruntime could not start CUDA for {str(graph_path)!r}: {exc}") from exc
+        raise ExportFolderError(f"onnxruntime cannot load {str(graph_path)!r}: {exc}") from exc
+    used = session.get_providers()
+    if device.kind == "cuda" and (not used or used[0] != CUDA_PROVIDER):
+        raise DeviceError(
+            f"CUDA was asked for but the onnxruntime session runs on {used} only: the CUDA provider failed to "
+            "load (check the CUDA and cuDNN libraries that onnxruntime-gpu needs, and the driver). "
+            "Pass --device cpu to run on CPU"
+        )
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if sorted(inputs) != sorted(INPUT_NAMES) or list(OUTPUT_NAMES) != outputs[: len(OUTPUT_NAMES)]:
+        raise ExportFolderError(
+            f"{str(graph_path)!r} has inputs {inputs} and outputs {outputs}; expected {list(INPUT_NAMES)} "
+            f"and {list(OUTPUT_NAMES)}"
+        )
+    return session
+
+
+class GraphRunner:
+    """Runs the embedding graph on one padded batch; on CUDA through IO binding.
+
+    With IO binding the int64 inputs are copied to the GPU once when bound and the output is allocated on
+    the GPU by ONNX Runtime, then copied back (a small ``(batch, dim)`` float32 array), so no implicit copies
+    happen inside ``run``.
+    """
+
+    def __init__(self, session: ort.InferenceSession, device: Device):
+        self.session = session
+        self.device = device
+        self.output_name = OUTPUT_NAMES[0]
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Embeddings of one batch: float32 ``(batch, dim)``, not normalised."""
+        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        if self.device.kind == "cuda":
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(INPUT_NAMES[0], input_ids)
+            binding.bind_cpu_input(INPUT_NAMES[1], attention_mask)
+            binding.bind_output(self.output_name, "cuda", self.device.index)
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            feeds = {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention_mask}
+            out = self.session.run([self.output_name], feeds)[0]
+        return np.asarray(out, dtype=np.float32)

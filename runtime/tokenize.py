@@ -1,0 +1,92 @@
+"""Prompt formatting and batch tokenisation with the Rust ``tokenizers`` library (same ids as LusiferModel)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from lusifer.onnx_interface import ExportManifest
+from lusifer.prompts import check_kind, format_texts
+from lusifer.runtime.errors import ExportFolderError
+
+
+@dataclass
+class TokenizedTexts:
+    """Token ids of several texts, stored flat (CSR style) to keep memory small.
+
+    Attributes:
+        ids: All token ids, concatenated, int64.
+        offsets: ``offsets[i]:offsets[i+1]`` are the ids of text ``i`` (length n + 1).
+        truncated: Whether each text was cut at ``max_length``.
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    truncated: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+
+class TextTokenizer:
+    """Formats texts with the export's prompt templates and tokenises them like ``LusiferModel.tokenize``.
+
+    Truncation is at ``manifest.max_length`` (special tokens included, right side); special tokens come from
+    the tokenizer's post-processor. No padding here: batches are padded by :mod:`lusifer.runtime.batching`.
+
+    Args:
+        tokenizer_path: The export's ``tokenizer.json``.
+        manifest: The export manifest (templates, default instructions, max_length).
+    """
+
+    def __init__(self, tokenizer_path: str | os.PathLike, manifest: ExportManifest):
+        try:
+            tok = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            raise ExportFolderError(f"cannot load tokenizer {str(tokenizer_path)!r}: {exc}") from exc
+        tok.no_padding()
+        tok.enable_truncation(manifest.max_length, stride=0, strategy="longest_first", direction="right")
+        self.tokenizer = tok
+        self.manifest = manifest
+        self.max_length = manifest.max_length
+
+    def resolve_instruction(self, kind: str, instruction: str | None) -> str:
+        """The instruction used for ``kind``: the given one, else the export's default ("" = none)."""
+        check_kind(kind)
+        if instruction is not None:
+            if not isinstance(instruction, str):
+                raise ValueError(f"instruction={instruction!r} must be a string or None")
+            return instruction
+        m = self.manifest
+        return m.default_query_instruction if kind == "query" else m.default_document_instruction
+
+    def format(self, texts: Sequence[str], kind: str, instruction: str | None) -> list[str]:
+        """Apply the prompt template of ``kind`` (as ``LusiferModel.format``)."""
+        m = self.manifest
+        return format_texts(
+            texts, kind, self.resolve_instruction(kind, instruction), m.query_template, m.document_template
+        )
+
+    def encode(self, texts: Sequence[str], kind: str, instruction: str | None) -> TokenizedTexts:
+        """Format and tokenise texts in one ``encode_batch`` call (parallel in Rust, GIL released)."""
+        encodings = self.tokenizer.encode_batch(self.format(texts, kind, instruction), add_special_tokens=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter(
+            itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=int(offsets[-1])
+        )
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
+        return TokenizedTexts(ids=ids, offsets=offsets, truncated=truncated)
