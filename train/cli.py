@@ -2,23 +2,141 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
+
+from lusifer.train.config import CONFIG_CLASSES, ConfigError, load_config
+
+_STAGE_HELP = {
+    "stage1": "Stage 1: align the multilingual encoder with the frozen LLM (English data).",
+    "stage2": "Stage 2: contrastive representation finetuning with LoRA.",
+}
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        from datasets.utils import logging as ds_logging
+
+        ds_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _load(stage: str, config_file: str | None, overrides: tuple[str, ...], **values):
+    try:
+        return load_config(stage, config_file, list(overrides), values)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _common_options(func):
+    options = [
+        click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+                     help="JSON or YAML file of config fields (paths relative to the file)."),
+        click.option("--output-dir", default=None, help="Override output_dir."),
+        click.option("--max-steps", type=int, default=None, help="Override max_steps."),
+        click.option("--resume", "resume_from", is_flag=False, flag_value="latest", default=None, metavar="[CHECKPOINT]",
+                     help="Continue from the latest checkpoint in output_dir (or from CHECKPOINT)."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override any field (repeatable; dotted keys reach into 'model'; values parse as JSON/YAML)."),
+        click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_stage(stage: str, config_file, output_dir, max_steps, resume_from, overrides, verbose) -> None:
+    _setup_logging(verbose)
+    config = _load(stage, config_file, overrides, output_dir=output_dir, max_steps=max_steps, resume_from=resume_from)
+    from lusifer.train.checkpoint import CheckpointError
+    from lusifer.train.data import DataError
+    from lusifer.train.loop import TrainingError
+    from lusifer.train.merge import MergeError
+
+    if stage == "stage1":
+        from lusifer.train.stage1 import train_stage1 as train
+    else:
+        from lusifer.train.stage2 import train_stage2 as train
+    try:
+        result = train(config)
+    except (DataError, CheckpointError, TrainingError, MergeError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stage} finished at step {result.steps}: final checkpoint {result.final_checkpoint}")
+    for name, path in result.outputs.items():
+        click.echo(f"{name}: {path}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Train LUSIFER: stage 1 alignment, stage 2 representation finetuning, LoRA merge."""
+    """Train LUSIFER: stage 1 alignment, stage 2 representation finetuning, LoRA merge.
+
+    Multi-GPU: launch the same command with `torchrun --nproc_per_node N -m lusifer.train.cli ...` or
+    `accelerate launch --num_processes N -m lusifer.train.cli ...`.
+    """
+
+
+@main.command(help=_STAGE_HELP["stage1"])
+@_common_options
+def stage1(**kwargs) -> None:
+    _run_stage("stage1", **kwargs)
+
+
+@main.command(help=_STAGE_HELP["stage2"])
+@_common_options
+def stage2(**kwargs) -> None:
+    _run_stage("stage2", **kwargs)
 
 
 @main.command()
-@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False), help="JSON or YAML config.")
-def stage1(config_file: str) -> None:
-    """Stage 1: align the multilingual encoder with the frozen LLM (English data)."""
-    raise click.ClickException("stage 1 training is not implemented yet (issue 3)")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, auto or a torch device such as cuda:1.")
+@click.option("--no-verify", is_flag=True, help="Skip the merged-vs-unmerged embedding check.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def merge(model_dir: str, out: str, device: str, no_verify: bool, verbose: bool) -> None:
+    """Merge LoRA of a finished run (MODEL_DIR = its output_dir) or a checkpoint folder into a standalone
+    LusiferModel folder that loads without peft."""
+    _setup_logging(verbose)
+    from lusifer.train.checkpoint import CheckpointError
+    from lusifer.train.merge import MergeError, merge_checkpoint
+
+    try:
+        report = merge_checkpoint(model_dir, out, device=device, verify=not no_verify)
+    except (MergeError, CheckpointError, ConfigError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    cosine = "not checked" if report.min_cosine is None else f"{report.min_cosine:.6f}"
+    click.echo(f"merged {', '.join(report.merged) or 'no LoRA'} from {report.checkpoint} into {report.output} "
+               f"(min cosine merged vs unmerged: {cosine})")
 
 
-@main.command()
-@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False), help="JSON or YAML config.")
-def stage2(config_file: str) -> None:
-    """Stage 2: contrastive representation finetuning with LoRA."""
-    raise click.ClickException("stage 2 training is not implemented yet (issue 3)")
+@main.command("show-config")
+@click.argument("stage", type=click.Choice(sorted(CONFIG_CLASSES)))
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="Config file to validate and resolve (defaults are shown without one).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a field (repeatable).")
+def show_config(stage: str, config_file: str | None, overrides: tuple[str, ...]) -> None:
+    """Validate a config and print it with every field resolved (YAML)."""
+    if config_file is None:
+        # show the defaults with placeholders for the required fields
+        required = {"output_dir": "runs/" + stage, "train_files": ["data.jsonl"], "model_path": "MODEL_DIR"}
+        overrides = tuple(f"{k}={v}" if isinstance(v, str) else f"{k}={v!r}".replace("'", '"')
+                          for k, v in required.items()) + overrides
+    config = _load(stage, config_file, overrides)
+    click.echo(config.to_yaml(), nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m lusifer.train`` = ``lusifer-train``."""
+
+from lusifer.train.cli import main
+
+main()

@@ -1,0 +1,156 @@
+"""Collators: canonical examples -> tokenized tensors, with per-example seeded randomness.
+
+Randomness (which tokens are masked, which hard negatives are drawn) comes from a generator seeded by
+``(seed, epoch, record index)``, so it does not depend on batch layout, process count or resumption.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from lusifer.config import LusiferConfig
+from lusifer.prompts import format_text
+from lusifer.train.data import COMPLETION
+
+
+def example_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """A generator private to one record in one epoch (string seeds hash with SHA-512: stable everywhere)."""
+    return random.Random(f"lusifer:{seed}:{epoch}:{index}")
+
+
+def _format(config: LusiferConfig, kind: str, text: str, instruction: str | None) -> str:
+    template = config.query_template if kind == "query" else config.document_template
+    return format_text(text, template, config.instruction_for(kind, instruction))
+
+
+def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids, mask
+
+
+@dataclass
+class Stage1Collator:
+    """Encoder inputs (masked for reconstruction) and LLM target token ids.
+
+    Args:
+        tokenizer: The encoder's tokenizer.
+        llm_tokenizer: The LLM's tokenizer (targets).
+        model_config: The model's config (prompt templates, default instructions).
+        max_length: Encoder tokens per text.
+        max_target_length: LLM target tokens before EOS.
+        mask_ratio: Fraction of a reconstruction text's tokens replaced by the mask token.
+        add_eos: Append the LLM's EOS token to targets.
+        seed: Run seed.
+    """
+
+    tokenizer: object
+    llm_tokenizer: object
+    model_config: LusiferConfig
+    max_length: int
+    max_target_length: int
+    mask_ratio: float
+    add_eos: bool
+    seed: int
+
+    def __call__(self, rows: list[dict], keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        completion = [row["objective"] == COMPLETION for row in rows]
+        texts = [
+            _format(self.model_config, "query", row["encoder_text"], row["instruction"]) if comp else row["encoder_text"]
+            for row, comp in zip(rows, completion)
+        ]
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=True,
+        )
+        input_ids = [list(ids) for ids in enc["input_ids"]]
+        targets = []
+        for i, (row, comp) in enumerate(zip(rows, completion)):
+            target = row["target_text"]
+            if not comp:
+                # reconstruct only what the encoder saw after truncation
+                ends = [end for (start, end), special in zip(enc["offset_mapping"][i], enc["special_tokens_mask"][i])
+                        if not special and end > start]
+                if ends:
+                    target = target[: max(ends)]
+                if self.mask_ratio > 0:
+                    self._mask(input_ids[i], enc["special_tokens_mask"][i], example_rng(self.seed, *keys[i]))
+            targets.append(target)
+        target_ids = self.llm_tokenizer(
+            targets, add_special_tokens=False, truncation=True, max_length=self.max_target_length
+        )["input_ids"]
+        eos = self.llm_tokenizer.eos_token_id
+        target_ids = [list(t) + ([eos] if self.add_eos and eos is not None else []) for t in target_ids]
+        if any(not t for t in target_ids):
+            raise ValueError("a stage-1 target tokenized to nothing; check the LLM tokenizer")
+        ids, mask = _pad(input_ids, int(self.tokenizer.pad_token_id))
+        tids, tmask = _pad(target_ids, 0)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "target_ids": tids,
+            "target_mask": tmask,
+            "completion": torch.tensor(completion, dtype=torch.bool),
+        }
+
+    def _mask(self, ids: list[int], special: list[int], rng: random.Random) -> None:
+        candidates = [j for j, s in enumerate(special) if not s]
+        count = round(self.mask_ratio * len(candidates))
+        if count == 0 and candidates:
+            count = 1
+        for j in rng.sample(candidates, count):
+            ids[j] = int(self.tokenizer.mask_token_id)
+
+
+@dataclass
+class Stage2Collator:
+    """Tokenized queries and documents (positives first, then every drawn hard negative).
+
+    Args:
+        tokenizer: The encoder's tokenizer.
+        model_config: The model's config (prompt templates, default instructions).
+        max_length: Encoder tokens per text.
+        num_hard_negatives: Hard negatives drawn per record (fewer when it has fewer).
+        instruct_documents: Format documents with the record's instruction.
+        seed: Run seed.
+    """
+
+    tokenizer: object
+    model_config: LusiferConfig
+    max_length: int
+    num_hard_negatives: int
+    instruct_documents: bool
+    seed: int
+
+    def __call__(self, rows: list[dict], keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        queries = [_format(self.model_config, "query", row["query"], row["instruction"]) for row in rows]
+        positives, negatives = [], []
+        for row, key in zip(rows, keys):
+            doc_instruction = row["instruction"] if self.instruct_documents else ""
+            fmt = lambda text: _format(self.model_config, "document", text, doc_instruction)  # noqa: E731
+            positives.append(fmt(row["positive"]))
+            pool = list(row["negatives"] or [])
+            if len(pool) > self.num_hard_negatives:
+                pool = example_rng(self.seed, *key).sample(pool, self.num_hard_negatives)
+            negatives.extend(fmt(n) for n in pool)
+        q = self._tokenize(queries)
+        d = self._tokenize(positives + negatives)
+        return {
+            "query_ids": q["input_ids"],
+            "query_mask": q["attention_mask"],
+            "doc_ids": d["input_ids"],
+            "doc_mask": d["attention_mask"],
+        }
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")

@@ -1,0 +1,153 @@
+"""Merging LoRA into the base weights and writing a standalone ``LusiferModel`` folder.
+
+The merged folder is an ordinary ``save_pretrained`` folder: it loads with ``LusiferModel.from_pretrained``
+without peft. Before saving, the merged model's embeddings are checked against the unmerged model's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lusifer.backbones import set_attention_causal
+from lusifer.modeling import LusiferModel
+from lusifer.train.checkpoint import (
+    CHECKPOINTS_DIR,
+    FINAL_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    latest_checkpoint,
+    load_weights,
+    read_checkpoint_config,
+)
+from lusifer.train.config import TrainConfig
+from lusifer.train.distributed import resolve_device
+from lusifer.train.lora import merge_lora
+
+logger = logging.getLogger(__name__)
+
+MIN_MERGE_COSINE = 0.9999
+# a few short texts, several scripts: embeddings before and after merging must agree on all of them
+VERIFY_TEXTS = [
+    "The cat sleeps on the warm windowsill.",
+    "How many languages are spoken in the world today?",
+    "El gato duerme en la ventana.",
+    "Кошка спит на тёплом подоконнике.",
+    "猫在温暖的窗台上睡觉。",
+    "A",
+]
+
+
+class MergeError(RuntimeError):
+    """The source is not a finished run or checkpoint, or the merged model does not match the unmerged one."""
+
+
+@dataclass
+class MergeReport:
+    """What :func:`merge_checkpoint` did."""
+
+    output: Path
+    checkpoint: Path
+    stage: str
+    merged: list[str]
+    min_cosine: float | None
+
+
+def task_for(stage: str):
+    """The training task of a stage (imported lazily: the stages import this module)."""
+    if stage == "stage1":
+        from lusifer.train.stage1 import Stage1Task
+
+        return Stage1Task()
+    if stage == "stage2":
+        from lusifer.train.stage2 import Stage2Task
+
+        return Stage2Task()
+    raise MergeError(f"unknown stage {stage!r}; expected stage1 or stage2")
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """A checkpoint folder as is; a run folder -> its final checkpoint (the run must have finished)."""
+    folder = Path(source)
+    if (folder / STATE_FILE).is_file():
+        return folder
+    if (folder / CHECKPOINTS_DIR).is_dir():
+        final = folder / FINAL_FILE
+        if final.is_file():
+            checkpoint = Path(json.loads(final.read_text(encoding="utf-8"))["checkpoint"])
+            if not checkpoint.is_absolute():
+                checkpoint = folder / checkpoint
+            if not (checkpoint / STATE_FILE).is_file():
+                raise MergeError(f"{final} names checkpoint {str(checkpoint)!r}, which is missing")
+            return checkpoint
+        latest = latest_checkpoint(folder)
+        raise MergeError(
+            f"the run in {str(folder)!r} has not finished (no {FINAL_FILE}; latest checkpoint: {latest}); "
+            "pass a checkpoint folder to merge it anyway"
+        )
+    raise MergeError(f"{str(folder)!r} is neither a training run folder nor a checkpoint folder")
+
+
+def model_from_checkpoint(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LusiferModel, TrainConfig]:
+    """Rebuild a checkpoint's model (base weights, LoRA, trained weights) in float32, unmerged, in eval mode."""
+    folder = Path(checkpoint)
+    config = read_checkpoint_config(folder)
+    config = config.replace(model_dtype="float32", gradient_checkpointing=False, device="auto", precision="auto")
+    device = resolve_device(device) if isinstance(device, str) and device in ("auto", "cpu", "cuda") else torch.device(device)
+    model = task_for(config.stage).build_model(config, torch.device(device))
+    load_weights(model, folder / WEIGHTS_FILE)
+    set_attention_causal(model.llm, False)
+    model.eval()
+    return model, config
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return float((a * b).sum(axis=1).min())
+
+
+def merge_model(model: LusiferModel, verify: bool = True) -> tuple[list[str], float | None]:
+    """Merge the LoRA of ``model`` in place (bidirectional attention, eval mode), checking embeddings.
+
+    Returns:
+        ``(merged backbone names, min cosine between unmerged and merged embeddings or None)``.
+    """
+    set_attention_causal(model.llm, False)
+    model.eval()
+    texts = VERIFY_TEXTS
+    before = {kind: model.encode(texts, kind=kind, normalize=False) for kind in ("query", "document")} if verify else None
+    merged = merge_lora(model)
+    model.requires_grad_(False)
+    set_attention_causal(model.llm, False)
+    min_cos = None
+    if verify:
+        min_cos = min(_min_cosine(before[k], model.encode(texts, kind=k, normalize=False)) for k in before)
+        if min_cos < MIN_MERGE_COSINE:
+            raise MergeError(f"merged embeddings differ from unmerged ones: min cosine {min_cos:.6f} < {MIN_MERGE_COSINE}")
+    return merged, min_cos
+
+
+def merge_checkpoint(source: str | os.PathLike, out: str | os.PathLike, device: str = "cpu",
+                     verify: bool = True) -> MergeReport:
+    """Merge a run's final checkpoint (or a given checkpoint) into a standalone ``LusiferModel`` folder.
+
+    Args:
+        source: A run folder (``output_dir`` of a finished run) or a checkpoint folder.
+        out: The folder to write (replaced atomically by ``save_pretrained``).
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a torch device string.
+        verify: Compare merged and unmerged embeddings (cosine must exceed 0.9999).
+    """
+    checkpoint = resolve_checkpoint(source)
+    model, config = model_from_checkpoint(checkpoint, device)
+    merged, min_cos = merge_model(model, verify)
+    model.to("cpu")
+    saved = model.save_pretrained(out)
+    logger.info("merged %s of %s into %s", ", ".join(merged) or "nothing", checkpoint, saved)
+    return MergeReport(saved, checkpoint, config.stage, merged, min_cos)

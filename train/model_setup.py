@@ -1,0 +1,84 @@
+"""Building the model a stage trains: starting weights, LoRA, which parameters train, memory options."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from lusifer.config import LusiferConfig
+from lusifer.modeling import LusiferModel
+from lusifer.train.config import TrainConfig
+from lusifer.train.lora import apply_lora
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_starting_model(config: TrainConfig, dtype: torch.dtype | None = None) -> LusiferModel:
+    """The model a run starts from: a saved folder (``model_path``) or base models (stage 1's ``model``)."""
+    dtype = dtype or DTYPES[config.model_dtype]
+    model_path = getattr(config, "model_path", "")
+    if model_path:
+        return LusiferModel.from_pretrained(model_path, dtype=dtype)
+    return LusiferModel.from_config(LusiferConfig.from_dict(dict(config.model)), dtype=dtype)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability (modules and float ``attention_dropout`` attributes) to 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def prepare_trainable(
+    model: LusiferModel,
+    config: TrainConfig,
+    llm_lora_targets: list[str] | None,
+    train_projection: bool,
+) -> LusiferModel:
+    """Freeze the backbones, add LoRA, and mark the LUSIFER modules trainable (in float32).
+
+    Args:
+        model: The starting model (no LoRA yet).
+        config: Stage config (LoRA rank/alpha/dropout, encoder targets, memory options).
+        llm_lora_targets: LLM modules that get LoRA; ``None``: the LLM stays frozen without LoRA.
+        train_projection: Whether the projection (if any) trains.
+
+    Returns:
+        The same model, with ``model.encoder`` / ``model.llm`` possibly replaced by ``PeftModel`` wrappers.
+    """
+    model.requires_grad_(False)
+    if config.gradient_checkpointing:
+        for backbone in (model.encoder, model.llm):
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.encoder_lora_targets:
+        model.encoder = apply_lora(model.encoder, config.encoder_lora_targets, config.lora_r, config.lora_alpha,
+                                   config.lora_dropout)
+    if llm_lora_targets:
+        model.llm = apply_lora(model.llm, llm_lora_targets, config.lora_r, config.lora_alpha, config.lora_dropout)
+    model.connector.requires_grad_(True)
+    if train_projection and model.projection is not None:
+        model.projection.requires_grad_(True)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    if config.disable_dropout:
+        disable_dropout(model)
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` of every trainable parameter, in a stable order."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
