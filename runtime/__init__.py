@@ -5,7 +5,14 @@ Python API: :class:`Embedder` (texts -> arrays, streaming with :meth:`Embedder.i
 """
 
 from lusifer.runtime.embedder import Embedder
-from lusifer.runtime.errors import CorpusError, DeviceError, EmbedError, ExportFolderError, NoDefaultModelError, OutputError
+from lusifer.runtime.errors import (
+    CorpusError,
+    DeviceError,
+    EmbedError,
+    ExportFolderError,
+    NoDefaultModelError,
+    OutputError,
+)
 from lusifer.runtime.job import EmbedSummary, embed_corpus
 
 __all__ = [

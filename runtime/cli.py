@@ -55,7 +55,8 @@ def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: s
     Row i of the output is row i of the corpus (files in natural name order). Without --resume or
     --overwrite an existing output is refused.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     try:

@@ -222,7 +222,7 @@ def iter_chunks(corpus: Corpus, chunk_rows: int, start_row: int = 0) -> Iterator
     first = start_row
     base = 0  # global row number of the current shard's first row
     for shard in corpus.shards:
-        if base + shard.rows <= start_row:
+        if shard.rows == 0 or base + shard.rows <= start_row:
             base += shard.rows
             continue
         pf = _open_parquet(shard.path)

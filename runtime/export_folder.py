@@ -94,7 +94,9 @@ def choose_variant(manifest: ExportManifest, device_kind: str, requested: str | 
     return usable[0]
 
 
-def open_export(folder: str | os.PathLike, device_kind: str, variant: str | None = None, verify: bool = True) -> ExportFolder:
+def open_export(
+    folder: str | os.PathLike, device_kind: str, variant: str | None = None, verify: bool = True
+) -> ExportFolder:
     """Load an export folder, choose the variant, and check its files and sha256 checksums.
 
     Args:
