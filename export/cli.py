@@ -1,15 +1,67 @@
-"""``lusifer-export``: command line for ONNX export. Parses options and delegates to library functions."""
+"""``lusifer-export``: command line for ONNX export. Parses options and delegates to ``export_model``."""
 
 from __future__ import annotations
 
+import logging
+
 import click
+
+from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Export folder to write.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Export folder to write.")
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+    help="fp32 (CPU or CUDA) or fp16 (CUDA execution provider).",
+)
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write a dynamic INT8 graph (CPU).")
-def main(model_dir: str, out_dir: str, dtype: str, quantize: str | None) -> None:
-    """Export a LUSIFER model folder to a self-contained ONNX folder."""
-    raise click.ClickException("export is not implemented yet (issue 4)")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-20).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder at --out.")
+@click.option(
+    "--int8-min-cosine", type=float, default=MIN_COSINE["int8"], show_default=True,
+    help="Fail when the INT8 graph's cosine to PyTorch fp32 falls below this on any validation text.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(
+    model_dir: str,
+    out_dir: str,
+    dtype: str,
+    quantize: str | None,
+    opset: int,
+    overwrite: bool,
+    int8_min_cosine: float,
+    quiet: bool,
+) -> None:
+    """Export a LUSIFER model folder to a self-contained, validated ONNX folder.
+
+    The folder holds the graph(s), the encoder's tokenizer.json and manifest.json; every graph is checked
+    against PyTorch fp32 with ONNX Runtime (CPU) on multilingual texts before the folder is moved into place.
+    """
+    from lusifer.export.errors import ExportError
+    from lusifer.extras import MissingExtraError
+
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from lusifer.export.api import export_model
+
+    try:
+        manifest = export_model(
+            model_dir,
+            out_dir,
+            dtype=dtype,
+            quantize=quantize,
+            opset=opset,
+            overwrite=overwrite,
+            int8_min_cosine=int8_min_cosine,
+        )
+    except (ExportError, MissingExtraError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    for name, info in manifest.variants.items():
+        click.echo(
+            f"{name}: {info.file}  min cosine {info.parity['min_cosine']:.6f}  "
+            f"max abs diff {info.parity['max_abs_diff']:.3g}"
+        )
+    click.echo(f"wrote {out_dir}")

@@ -1,0 +1,188 @@
+"""``export_model``: a saved LusiferModel folder -> a self-contained, validated ONNX export folder."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from lusifer.export.errors import ExportOptionError, ModelDirError
+from lusifer.export.folders import (
+    TOKENIZER_FILE,
+    check_model_dir,
+    check_out_dir,
+    make_staging,
+    move_into_place,
+)
+from lusifer.extras import require
+from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE, TOKENIZER_NAME, VARIANT_FILES, ExportManifest
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("fp32", "fp16")
+QUANTIZATIONS = (None, "int8")
+EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
+
+
+def check_options(dtype: str, quantize: str | None, opset: int, int8_min_cosine: float) -> None:
+    """Raise :class:`ExportOptionError` for an unsupported option value."""
+    from lusifer.export.onnx_export import MAX_OPSET, MIN_OPSET
+
+    if dtype not in DTYPES:
+        raise ExportOptionError(f"dtype={dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
+    if quantize not in QUANTIZATIONS:
+        raise ExportOptionError(f"quantize={quantize!r} is not supported; expected None or 'int8'")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportOptionError(f"opset={opset!r} is not supported; expected an integer from {MIN_OPSET} to {MAX_OPSET}")
+    if isinstance(int8_min_cosine, bool) or not isinstance(int8_min_cosine, (int, float)) or not 0 < int8_min_cosine <= 1:
+        raise ExportOptionError(f"int8_min_cosine={int8_min_cosine!r} must be a number in (0, 1]")
+
+
+def _parameter_budget(model) -> int:
+    """Parameters the graph needs: everything but the LLM's token-embedding table and LM head."""
+    skip = {id(p) for p in model.llm.get_input_embeddings().parameters()}
+    modules = [model.encoder, model.connector, model.decoder] + ([model.projection] if model.projection else [])
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in skip and id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def _load_model(model_dir: Path):
+    torch = require("torch", "export", purpose="export a LUSIFER model to ONNX")
+    from lusifer.backbones import ModelFolderError
+    from lusifer.modeling import LusiferModel
+
+    try:
+        return LusiferModel.from_pretrained(model_dir, dtype=torch.float32)
+    except ModelFolderError as exc:
+        raise ModelDirError(str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        raise ModelDirError(f"model folder {str(model_dir)!r} cannot be loaded: {exc}") from exc
+
+
+def export_model(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: str = "fp32",
+    quantize: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    int8_min_cosine: float = MIN_COSINE["int8"],
+) -> ExportManifest:
+    """Export a saved LusiferModel to a self-contained ONNX folder and validate every graph.
+
+    The folder holds the graph(s) (``model.onnx`` for fp32, ``model_fp16.onnx`` for fp16, plus
+    ``model_int8.onnx`` with ``quantize="int8"``; each with a ``.data`` file when over 2 GB), the encoder's
+    ``tokenizer.json`` and ``manifest.json``. It is assembled in a ``.<name>.partial-*`` folder beside
+    ``out_dir`` and moved into place only when complete.
+
+    Args:
+        model_dir: Folder written by ``LusiferModel.save_pretrained`` (LoRA merged).
+        out_dir: Export folder to create (outside ``model_dir``).
+        dtype: ``"fp32"`` (CPU or CUDA) or ``"fp16"`` (CUDA execution provider).
+        quantize: ``None`` or ``"int8"``: also write a dynamic INT8 graph for CPU.
+        opset: ONNX opset (17 to 20).
+        overwrite: Replace an existing export folder at ``out_dir``.
+        int8_min_cosine: Lowest acceptable cosine of the INT8 graph to PyTorch fp32.
+
+    Returns:
+        The manifest written to ``out_dir/manifest.json``.
+
+    Raises:
+        ExportOptionError, ModelDirError, UnsupportedArchitectureError, OutputDirError: bad input.
+        ExportGraphError: the traced graph breaks the declared interface or holds the LLM's vocabulary tables.
+        ExportParityError: a graph differs from PyTorch fp32 beyond its tolerance.
+    """
+    check_options(dtype, quantize, opset, int8_min_cosine)
+    for module in ("torch", "transformers", "onnx", "onnxruntime"):
+        require(module, "export", purpose="export a LUSIFER model to ONNX")
+    model_path, encoder_type, llm_type = check_model_dir(model_dir)
+    target = check_out_dir(out_dir, model_path, overwrite)
+    if quantize == "int8" and dtype == "fp16":
+        logger.warning(
+            "INT8 is a CPU graph (dynamic quantisation); with --dtype fp16 (CUDA) the export holds "
+            "model_fp16.onnx for CUDA and model_int8.onnx for CPU. Do not run the INT8 graph on CUDA."
+        )
+    from lusifer.export.fp16 import convert_to_fp16
+    from lusifer.export.graph import TRACE_ATTN_IMPLEMENTATION, export_mode, trace_inputs
+    from lusifer.export.manifest import build_manifest, sha256_file, variant_info
+    from lusifer.export.onnx_export import check_interface, check_weights, remove_tree, resave, trace_to_onnx
+    from lusifer.export.quantize import quantize_int8
+    from lusifer.export.validate import check_tokenizer_file, torch_reference, validate_graph
+
+    started = time.perf_counter()
+    logger.info("exporting %s (%s encoder, %s LLM) to %s", model_path, encoder_type, llm_type, target)
+    from lusifer.modeling import CONFIG_NAME, ENCODER_DIR
+
+    model = _load_model(model_path)
+    config, tokenizer = model.config, model.tokenizer
+    source_tokenizer = model_path / ENCODER_DIR / TOKENIZER_FILE
+    check_tokenizer_file(source_tokenizer, tokenizer, config.max_length)
+    reference = torch_reference(model)
+    budget = _parameter_budget(model)
+    llm_vocab = int(model.llm.get_input_embeddings().weight.shape[0])
+    llm_hidden = int(model.config.llm_hidden)
+
+    staging = make_staging(target)
+    try:
+        work = staging / ".work"
+        fp32_path = (staging if dtype == "fp32" else work) / VARIANT_FILES["fp32"]
+        with export_mode(model) as graph:
+            trace_to_onnx(graph, trace_inputs(model), work / "trace" / "model.onnx", opset)
+        del graph, model
+        gc.collect()  # the ONNX steps below need the memory the torch weights held
+        fp32_files = resave(work / "trace" / "model.onnx", fp32_path)
+        remove_tree(work / "trace")
+        check_interface(fp32_path, config.embedding_dim)
+        check_weights(fp32_path, budget, llm_vocab, llm_hidden)
+        fp32_parity = validate_graph("fp32", fp32_path, reference, MIN_COSINE["fp32"])
+
+        variants = {}
+        if dtype == "fp32":
+            variants["fp32"] = variant_info(staging, fp32_path.name, fp32_files, "fp32", None, fp32_parity)
+        else:
+            fp16_path = staging / VARIANT_FILES["fp16"]
+            fp16_files = convert_to_fp16(fp32_path, fp16_path)
+            check_interface(fp16_path, config.embedding_dim)
+            parity = validate_graph("fp16", fp16_path, reference, MIN_COSINE["fp16"])
+            variants["fp16"] = variant_info(staging, fp16_path.name, fp16_files, "fp16", None, parity)
+        if quantize == "int8":
+            int8_path = staging / VARIANT_FILES["int8"]
+            int8_files = quantize_int8(fp32_path, int8_path, work / "int8")
+            check_interface(int8_path, config.embedding_dim)
+            parity = validate_graph("int8", int8_path, reference, float(int8_min_cosine))
+            variants["int8"] = variant_info(staging, int8_path.name, int8_files, "fp32", "int8", parity)
+        remove_tree(work)
+
+        shutil.copyfile(source_tokenizer, staging / TOKENIZER_NAME)
+        source = {
+            "model_dir": str(model_path),
+            "encoder_model_type": encoder_type,
+            "llm_model_type": llm_type,
+            "lusifer_config_sha256": sha256_file(model_path / CONFIG_NAME),
+            "exporter": EXPORTER,
+            "trace_attn_implementation": TRACE_ATTN_IMPLEMENTATION,
+            "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        manifest = build_manifest(config, tokenizer.pad_token_id, staging, variants, opset, source)
+        manifest.save(staging)
+        move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info(
+        "export done in %.1f s: %s (%s)",
+        time.perf_counter() - started, target,
+        ", ".join(f"{k} min cosine {v.parity['min_cosine']:.6f}" for k, v in manifest.variants.items()),
+    )
+    return manifest

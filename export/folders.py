@@ -1,0 +1,153 @@
+"""Input and output folders of an export: checks, staging beside the target, and the final move."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lusifer.backbones import SUPPORTED_DECODERS, SUPPORTED_ENCODERS
+from lusifer.export.errors import ModelDirError, OutputDirError, UnsupportedArchitectureError
+from lusifer.onnx_interface import MANIFEST_NAME
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _model_type(config_file: Path, what: str) -> str:
+    try:
+        data = json.loads(config_file.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{what} config {str(config_file)!r} cannot be read: {exc}") from exc
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if not isinstance(model_type, str):
+        raise ModelDirError(f"{what} config {str(config_file)!r} has no model_type")
+    return model_type
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> tuple[Path, str, str]:
+    """Check that ``model_dir`` is a complete saved LusiferModel of a supported architecture.
+
+    Returns:
+        The resolved folder, the encoder model_type and the LLM model_type.
+
+    Raises:
+        ModelDirError: The folder is missing or incomplete.
+        UnsupportedArchitectureError: The encoder or LLM family is not supported.
+    """
+    # the layout written by LusiferModel.save_pretrained (needs torch, as the whole export does)
+    from lusifer.modeling import CONFIG_NAME, ENCODER_DIR, LLM_DIR, WEIGHTS_NAME
+
+    if model_dir is None or not str(model_dir).strip():
+        raise ModelDirError("model folder path is empty; expected a folder written by LusiferModel.save_pretrained")
+    folder = Path(model_dir).expanduser()
+    if not folder.exists():
+        raise ModelDirError(f"model folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise ModelDirError(f"model folder {str(folder)!r} is not a folder")
+    needed = [
+        CONFIG_NAME,
+        WEIGHTS_NAME,
+        f"{ENCODER_DIR}/config.json",
+        f"{ENCODER_DIR}/{TOKENIZER_FILE}",
+        f"{LLM_DIR}/config.json",
+    ]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    for sub in (ENCODER_DIR, LLM_DIR):
+        if (folder / sub).is_dir() and not any((folder / sub).glob("*.safetensors")):
+            missing.append(f"{sub}/*.safetensors")
+    if missing:
+        raise ModelDirError(
+            f"model folder {str(folder)!r} is incomplete: missing {', '.join(missing)} "
+            "(expected a folder written by LusiferModel.save_pretrained)"
+        )
+    encoder_type = _model_type(folder / ENCODER_DIR / "config.json", "encoder")
+    llm_type = _model_type(folder / LLM_DIR / "config.json", "LLM")
+    if encoder_type not in SUPPORTED_ENCODERS:
+        raise UnsupportedArchitectureError(
+            f"encoder model_type={encoder_type!r} in {str(folder / ENCODER_DIR)!r} is not supported for export; "
+            f"expected one of {', '.join(SUPPORTED_ENCODERS)}"
+        )
+    if llm_type not in SUPPORTED_DECODERS:
+        raise UnsupportedArchitectureError(
+            f"LLM model_type={llm_type!r} in {str(folder / LLM_DIR)!r} is not supported for export; "
+            f"expected one of {', '.join(SUPPORTED_DECODERS)}"
+        )
+    return folder.resolve(), encoder_type, llm_type
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out_dir(out_dir: str | os.PathLike, model_dir: Path, overwrite: bool) -> Path:
+    """Check that ``out_dir`` can receive the export and return it resolved.
+
+    Raises:
+        OutputDirError: ``out_dir`` is the model folder, inside it, contains it, is a file, or exists
+            (non-empty) without ``overwrite``; or, with ``overwrite``, it is not a previous export.
+    """
+    if out_dir is None or not str(out_dir).strip():
+        raise OutputDirError("output folder path is empty")
+    target = Path(out_dir).expanduser().resolve()
+    model_dir = model_dir.resolve()
+    if _is_within(target, model_dir):
+        raise OutputDirError(
+            f"output folder {str(target)!r} is the model folder or inside it ({str(model_dir)!r}); "
+            "choose a folder outside the model folder"
+        )
+    if _is_within(model_dir, target):
+        raise OutputDirError(
+            f"the model folder {str(model_dir)!r} is inside the output folder {str(target)!r}; "
+            "choose an output folder that does not contain the model"
+        )
+    if target.exists() and not target.is_dir():
+        raise OutputDirError(f"output path {str(target)!r} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise OutputDirError(
+                f"output folder {str(target)!r} already exists and is not empty; "
+                "pass --overwrite (overwrite=True) to replace it"
+            )
+        if not (target / MANIFEST_NAME).is_file():
+            raise OutputDirError(
+                f"refusing to overwrite {str(target)!r}: it is not a lusifer export folder (no {MANIFEST_NAME})"
+            )
+    return target
+
+
+def make_staging(target: Path) -> Path:
+    """A fresh folder beside ``target``, named ``.<name>.partial-*`` so it is never mistaken for an export."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+
+
+def _apply_umask(folder: Path) -> None:
+    """``mkdtemp`` creates private (0700) folders; give the export the usual permissions under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def move_into_place(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the finished ``staging`` folder (the old export is removed only afterwards)."""
+    _apply_umask(staging)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old / target.name, target)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

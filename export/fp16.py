@@ -1,0 +1,163 @@
+"""fp32 -> fp16 conversion of an exported graph, for the CUDA execution provider.
+
+The graph is traced in fp32 and converted with ``onnxruntime.transformers.float16`` (``keep_io_types``: the
+int64 inputs stay int64 and the output ``embedding`` stays float32). A ``.half()`` trace is avoided: the
+TorchScript exporter then binds LayerNormalization to mixed float/float16 inputs, which ONNX Runtime rejects.
+
+What stays in fp32 (the converter inserts the casts):
+
+- The control subgraph: every node that does not depend numerically on ``input_ids`` (attention mask, position
+  ids, rotary cos/sin tables). fp16 cannot even represent positions above 2048 exactly, and rotary angles
+  ``position * inv_freq`` lose whole radians at long positions in fp16.
+- RMSNorm statistics: the ``Pow(x, 2) -> ReduceMean -> Add(eps) -> Sqrt -> Div/Reciprocal -> Mul(x)`` chains
+  (a sum of squares of LLM hidden states overflows fp16 at magnitudes above 256).
+- The head: mean pooling (a sum over up to ``max_length`` positions) and everything after it (projection).
+
+LayerNormalization stays one fp16 op: ONNX Runtime accumulates its statistics in fp32 on CPU and CUDA.
+Heavy work (MatMul, attention, MLPs) runs in fp16.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from lusifer.extras import require
+from lusifer.export.onnx_export import save_model
+from lusifer.onnx_interface import INPUT_NAMES
+
+logger = logging.getLogger(__name__)
+
+# nodes whose outputs carry shapes or indices, not values, even when their input is an activation
+_SHAPE_OPS = {"Shape", "Size"}
+_RMSNORM_CHAIN_OPS = {"ReduceMean", "Add", "Sqrt", "Reciprocal", "Div"}
+_POOLING_OPS = {"ReduceSum"}
+
+
+def _consumers(nodes) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def activation_nodes(graph) -> set[str]:
+    """Names of the nodes whose values depend on ``input_ids`` (nodes are in topological order)."""
+    ids_name = INPUT_NAMES[0]
+    live = {ids_name}
+    names: set[str] = set()
+    for node in graph.node:
+        if node.op_type in _SHAPE_OPS:
+            continue
+        if any(i in live for i in node.input):
+            names.add(node.name)
+            live.update(node.output)
+    return names
+
+
+def _is_square(node, constants: dict) -> bool:
+    exponent = constants.get(node.input[1]) if len(node.input) > 1 else None
+    return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
+
+
+def _constant_values(graph, numpy_helper) -> dict:
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer if len(init.dims) <= 1}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def rmsnorm_nodes(graph, numpy_helper) -> set[str]:
+    """Nodes of decomposed RMSNorm statistics: ``Pow(x, 2)`` through the ``Mul`` by the inverse RMS."""
+    constants = _constant_values(graph, numpy_helper)
+    consumers = _consumers(graph.node)
+    blocked: set[str] = set()
+    for node in graph.node:
+        if node.op_type != "Pow" or not _is_square(node, constants):
+            continue
+        source = node.input[0]
+        chain = [node]
+        frontier = list(node.output)
+        while frontier:
+            tensor = frontier.pop()
+            for nxt in consumers.get(tensor, []):
+                if nxt.op_type in _RMSNORM_CHAIN_OPS and nxt not in chain:
+                    chain.append(nxt)
+                    frontier.extend(nxt.output)
+                elif nxt.op_type == "Mul" and source in nxt.input:
+                    chain.append(nxt)
+        if any(n.op_type == "Mul" for n in chain) and any(n.op_type == "ReduceMean" for n in chain):
+            blocked.update(n.name for n in chain)
+    return blocked
+
+
+def head_nodes(graph, active: set[str]) -> set[str]:
+    """The pooling ``ReduceSum`` on the activation path and every node after it."""
+    live: set[str] = set()
+    names: set[str] = set()
+    for node in graph.node:
+        starts = node.op_type in _POOLING_OPS and node.name in active
+        if starts or any(i in live for i in node.input):
+            names.add(node.name)
+            live.update(node.output)
+    return names
+
+
+def fp32_node_names(model) -> dict[str, set[str]]:
+    """Nodes of an fp32 graph that must stay fp32 after conversion, by reason (see the module docstring)."""
+    onnx = require("onnx", "export")
+    graph = model.graph
+    unnamed = [n for n in graph.node if not n.name]
+    for i, node in enumerate(unnamed):
+        node.name = f"lusifer_unnamed_{i}"
+    active = activation_nodes(graph)
+    return {
+        "control": {n.name for n in graph.node if n.name not in active},
+        "rmsnorm": rmsnorm_nodes(graph, onnx.numpy_helper),
+        "head": head_nodes(graph, active),
+    }
+
+
+def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None) -> list[Path]:
+    """Convert the fp32 graph at ``src`` into an fp16 graph at ``dst`` (int64 inputs, float32 output).
+
+    Returns:
+        The files written (graph first, then external data if any).
+    """
+    onnx = require("onnx", "export")
+    float16 = require("onnxruntime.transformers.float16", "export", purpose="convert the graph to fp16")
+    started = time.perf_counter()
+    # Shape inference (the converter needs every tensor's type) runs before the weights are loaded, so
+    # it also works for graphs over protobuf's 2 GB limit.
+    model = onnx.load(str(src), load_external_data=False)
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.external_data_helper.load_external_data_for_model(model, str(Path(src).parent))
+    keep = fp32_node_names(model)
+    blocked = set().union(*keep.values())
+    # the converter logs whole node protos at INFO level (e.g. for initializers shared by fp32 and fp16
+    # nodes, which it handles with casts); keep the log readable
+    converter_logger = logging.getLogger(float16.__name__)
+    level = converter_logger.level
+    converter_logger.setLevel(logging.WARNING)
+    try:
+        converted = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST),
+            node_block_list=sorted(blocked),
+            disable_shape_infer=True,
+        )
+    finally:
+        converter_logger.setLevel(level)
+    files = save_model(converted, dst, threshold)
+    logger.info(
+        "converted to fp16 in %.1f s; kept in fp32: %d mask/position/rotary nodes, %d RMSNorm statistics nodes, "
+        "%d pooling/projection nodes",
+        time.perf_counter() - started, len(keep["control"]), len(keep["rmsnorm"]), len(keep["head"]),
+    )
+    return files

@@ -1,0 +1,171 @@
+"""fp16 and INT8 variants, external data, overwrite, and failures that must leave nothing half-written."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MULTILINGUAL_TEXTS
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from lusifer import LusiferModel  # noqa: E402
+from lusifer.export import ExportParityError, export_model  # noqa: E402
+from lusifer.export.manifest import sha256_file  # noqa: E402
+from lusifer.onnx_interface import MANIFEST_NAME, MIN_COSINE, ExportManifest  # noqa: E402
+
+PAIR = ("bert", "qwen2")  # Qwen2 has attention biases; BERT has absolute positions from 0
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tiny_factory, tmp_path_factory, one_torch_thread):
+    """fp16 + int8 export with external data forced (threshold 0), over a previous export folder."""
+    target = tmp_path_factory.mktemp("fp16") / "export"
+    target.mkdir()
+    (target / MANIFEST_NAME).write_text("{}")
+    (target / "model.onnx").write_text("stale")
+    records = _Records()
+    export_logger = logging.getLogger("lusifer.export")
+    level = export_logger.level
+    export_logger.setLevel(logging.INFO)
+    export_logger.addHandler(records)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("lusifer.export.onnx_export.EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+            manifest = export_model(tiny_factory(*PAIR), target, dtype="fp16", quantize="int8", overwrite=True)
+    finally:
+        export_logger.removeHandler(records)
+        export_logger.setLevel(level)
+    return target, manifest, records.records
+
+
+@pytest.fixture(scope="module")
+def model(tiny_factory):
+    return LusiferModel.from_pretrained(tiny_factory(*PAIR))
+
+
+def run(path: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (emb,) = session.run(None, {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)})
+    return emb
+
+
+def cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_fp16_and_int8_variants_validate(fp16_export, model):
+    folder, manifest, _ = fp16_export
+    assert set(manifest.variants) == {"fp16", "int8"}
+    assert not (folder / "model.onnx").exists()  # the stale file of the replaced export is gone
+    fp16, int8 = manifest.variants["fp16"], manifest.variants["int8"]
+    assert (fp16.file, fp16.dtype, fp16.quantization) == ("model_fp16.onnx", "fp16", None)
+    assert (int8.file, int8.dtype, int8.quantization) == ("model_int8.onnx", "fp32", "int8")
+    assert fp16.parity["min_cosine"] >= MIN_COSINE["fp16"]
+    assert int8.parity["min_cosine"] >= MIN_COSINE["int8"]
+    enc = model.tokenize(MULTILINGUAL_TEXTS, kind="document")
+    want = model.encode(MULTILINGUAL_TEXTS, kind="document", normalize=False)
+    for info in (fp16, int8):
+        got = run(folder / info.file, enc["input_ids"].numpy(), enc["attention_mask"].numpy())
+        assert got.dtype == np.float32
+        assert cosines(got, want).min() >= info.parity["tolerance_min_cosine"]
+
+
+def test_external_data_files_are_listed_and_checksummed(fp16_export):
+    folder, manifest, _ = fp16_export
+    for info in manifest.variants.values():
+        assert set(info.files) == {info.file, info.file + ".data"}
+        for name, sha in info.files.items():
+            assert sha256_file(folder / name) == sha
+    graph = onnx.load(str(folder / "model_fp16.onnx"), load_external_data=False)
+    assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in graph.graph.initializer)
+    assert ExportManifest.load(folder).to_dict() == manifest.to_dict()
+
+
+def test_fp16_graph_keeps_sensitive_math_in_fp32(fp16_export):
+    """MatMuls run in fp16; RMSNorm statistics, rotary angles and pooling stay fp32; I/O types unchanged."""
+    folder, _, _ = fp16_export
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "model_fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.value_info, *graph.graph.input, *graph.graph.output]}
+    types.update({i.name: i.data_type for i in graph.graph.initializer})
+    FLOAT, FLOAT16, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64
+    seen: dict[str, set] = {}
+    for node in graph.graph.node:
+        if node.input:
+            seen.setdefault(node.op_type, set()).add(types.get(node.input[0]))
+    assert seen["MatMul"] == {FLOAT16}
+    assert seen["LayerNormalization"] == {FLOAT16}
+    for op in ("Pow", "ReduceMean", "Sqrt", "Cos", "Sin", "ReduceSum"):
+        assert seen[op] == {FLOAT}, op
+    assert [types[i.name] for i in graph.graph.input] == [INT64, INT64]
+    assert types[graph.graph.output[0].name] == FLOAT
+
+
+def test_int8_with_fp16_warns(fp16_export):
+    _, _, records = fp16_export
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any("INT8 is a CPU graph" in m and "CUDA" in m for m in warnings)
+    assert any("int8 drift per language" in r.getMessage() for r in records)
+
+
+def test_int8_below_floor_fails_and_leaves_nothing(tiny_factory, tmp_path):
+    from click.testing import CliRunner
+
+    from lusifer.export.cli import main
+
+    target = tmp_path / "export"
+    result = CliRunner().invoke(
+        main, [str(tiny_factory(*PAIR)), "--out", str(target), "--quantize", "int8", "--int8-min-cosine", "1.0"]
+    )
+    assert result.exit_code != 0
+    assert "ExportParityError" in result.output and "int8" in result.output
+    assert "min cosine" in result.output and "tolerance 1" in result.output
+    assert isinstance(result.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []  # neither the export nor its staging folder
+
+
+def test_parity_error_carries_figures(tiny_factory, tmp_path, monkeypatch):
+    """A graph that drifts from PyTorch raises ExportParityError with its figures; a previous export survives."""
+    import lusifer.export.validate as validate
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / MANIFEST_NAME).write_text("{}")
+    original = validate.torch_reference
+
+    def drifted(model):
+        ref = original(model)
+        ref.embeddings = ref.embeddings + np.random.default_rng(0).normal(0, 1, ref.embeddings.shape).astype(np.float32)
+        return ref
+
+    monkeypatch.setattr(validate, "torch_reference", drifted)
+    with pytest.raises(ExportParityError) as info:
+        export_model(tiny_factory(*PAIR), target, overwrite=True)
+    err = info.value
+    assert err.variant == "fp32" and err.tolerance == MIN_COSINE["fp32"]
+    assert err.min_cosine < MIN_COSINE["fp32"] and err.max_abs_diff > 0.1
+    assert "min cosine" in str(err) and "0.9999" in str(err) and "max abs diff" in str(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert [p.name for p in target.iterdir()] == [MANIFEST_NAME]  # the old export is untouched
