@@ -184,10 +184,13 @@ def embed_corpus(
                 model_sha256=embedder.model_sha256, **batching)
     if writer.already_complete:
         p = writer.progress
-        return EmbedSummary(rows_this_run=0, resumed_from=start_row, seconds=0.0, rows_per_s=0.0, tokens_per_s=0.0,
-                            tokens=p.get("tokens", 0), padded_tokens=p.get("padded_tokens", 0),
-                            truncated=p.get("truncated", 0), null_rows=p.get("null_rows", 0),
-                            already_complete=True, **base)
+        summary = EmbedSummary(rows_this_run=0, resumed_from=start_row, seconds=0.0, rows_per_s=0.0,
+                               tokens_per_s=0.0, tokens=p.get("tokens", 0), padded_tokens=p.get("padded_tokens", 0),
+                               truncated=p.get("truncated", 0), null_rows=p.get("null_rows", 0),
+                               already_complete=True, **base)
+        if writer.sidecar.get("status") != "complete":  # killed between the final rename and the sidecar update
+            writer.finalize({**summary.to_dict(), "already_complete": False})
+        return summary
     counters = run_pipeline(data, embedder, writer, kind, instruction, normalize, dtype, batching, start_row, progress)
     p = writer.progress
     seconds = counters["seconds"]

@@ -97,9 +97,8 @@ def _write(writer: VectorWriter, in_q: queue.Queue, failure: list) -> None:
             failure.append(exc)
 
 
-
 def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
-                  normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool) -> dict:
+                 normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool) -> dict:
     """Run reader, inference (this thread) and writer until every row is committed; returns run counters."""
     from tqdm.auto import tqdm
 
