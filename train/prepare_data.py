@@ -118,6 +118,7 @@ class EvalGuard:
     def __init__(self) -> None:
         self.shingles: set[int] = set()
         self.exact: set[str] = set()
+        self._seen: dict[str, bool] = {}  # passages recur (as positives and negatives): check each once
 
     @staticmethod
     def _grams(words: list[str]):
@@ -130,12 +131,15 @@ class EvalGuard:
             return
         self.exact.add(norm)
         self.shingles.update(self._grams(norm.split()))
+        self._seen.clear()
 
     def overlaps(self, text: str) -> bool:
-        norm = normalize_for_match(text)
-        if norm in self.exact:
-            return True
-        return any(g in self.shingles for g in self._grams(norm.split()))
+        hit = self._seen.get(text)
+        if hit is None:
+            norm = normalize_for_match(text)
+            hit = norm in self.exact or any(g in self.shingles for g in self._grams(norm.split()))
+            self._seen[text] = hit
+        return hit
 
 
 # ---- reading sources -------------------------------------------------------------------------------------
@@ -419,6 +423,8 @@ def prepare_data(
     manifest_path = out / DATA_MANIFEST
     if manifest_path.exists():
         manifest_path.unlink()  # the folder is incomplete until the new manifest is written
+    for stale in out.glob(".data.partial-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".data.partial-", dir=out))
     try:
         guard = EvalGuard()
