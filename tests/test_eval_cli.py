@@ -156,6 +156,7 @@ def test_compare_merges_two_results(tiny_factory, encoder_dir, suite_dir, tmp_pa
                   "--limit", "3").exit_code == 0
     assert invoke("run", encoder_dir, "--suite", suite_dir, "--out", r2, "--kind-of-model", "encoder",
                   "--limit", "3").exit_code == 0
+    assert (tmp_path / "a" / "lusifer.md").is_file() and (tmp_path / "a" / "lusifer.png").is_file()  # defaults
     result = invoke("compare", r1, r2, "--out", tmp_path / "table.md", "--chart", tmp_path / "chart.png",
                     "--json", tmp_path / "merged.json")
     assert result.exit_code == 0, result.output

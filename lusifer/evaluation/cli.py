@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import click
 
@@ -75,8 +76,9 @@ def main() -> None:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Texts per forward pass.")
 @click.option("--limit", type=click.IntRange(min=2), default=None, help="Only the first N rows of each task (quick runs).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (no silent fallback).")
-@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write the Markdown table here.")
-@click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Also write the PNG chart here.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Markdown table to write [default: OUT with .md].")
+@click.option("--chart", type=click.Path(dir_okay=False), default=None, help="PNG chart to write [default: OUT with .png].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted --out: keep its finished runs.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress per task.")
@@ -95,13 +97,14 @@ def run_command(models, suite, out, names, kind, bitext_instruction, sts_instruc
             suite=suite, out=out, kind=kind,
             instructions={"bitext": bitext_instruction, "sts": sts_instruction},
             batch_size=batch_size, limit=limit, device=device, encoder_prefix=encoder_prefix, variant=variant,
-            markdown=markdown, chart=chart, resume=resume, overwrite=overwrite,
+            markdown=markdown or str(Path(out).with_suffix(".md")), chart=chart or str(Path(out).with_suffix(".png")),
+            resume=resume, overwrite=overwrite,
         )
         evaluate_models(list(models), options, names=list(names), echo=click.echo,
                         progress=lambda tasks: tqdm(tasks, desc="tasks", unit="task", leave=False))
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"results: {out}" + (f"  table: {markdown}" if markdown else "") + (f"  chart: {chart}" if chart else ""))
+    click.echo(f"results: {out}  table: {options.markdown}  chart: {options.chart}")
 
 
 @main.command("compare", context_settings=CONTEXT)
