@@ -79,7 +79,35 @@ def _run_stage(stage: str, config_file, output_dir, max_steps, resume_from, over
         click.echo(f"{name}: {path}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# commands defined in other modules of lusifer.train, imported only when used
+_LAZY_COMMANDS = {
+    "prepare-base": ("lusifer.train.prepare_base", "prepare_base"),
+    "prepare-data": ("lusifer.train.prepare_data", "prepare_data_command"),
+}
+
+
+class _TrainGroup(click.Group):
+    """A click group that also offers the lazily imported data/model preparation commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        import importlib.util
+
+        lazy = [name for name, (module, _) in _LAZY_COMMANDS.items() if importlib.util.find_spec(module) is not None]
+        return sorted(set(super().list_commands(ctx)) | set(lazy))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in _LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, attr = _LAZY_COMMANDS[name]
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError):
+                return None
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_TrainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train LUSIFER: stage 1 alignment, stage 2 representation finetuning, LoRA merge.
 

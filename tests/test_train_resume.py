@@ -1,0 +1,103 @@
+"""Checkpoints resume exactly: a run killed after a checkpoint and resumed ends with the same weights,
+optimizer state and metrics as an uninterrupted run (dropout on, gradient accumulation, GradCache)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lusifer.train.checkpoint import CheckpointError, list_checkpoints
+from lusifer.train.config import Stage1Config, Stage2Config
+from lusifer.train.loop import TrainingError
+from lusifer.train.stage1 import train_stage1
+from lusifer.train.stage2 import train_stage2
+
+PAIRS = [{"query": f"which {t}?", "positive": f"the {t} is here", "negatives": [f"no {t} at all", f"a {t}?"],
+          "instruction": "Find it" if i % 2 else None}
+         for i, t in enumerate(["apple", "car", "house", "boat", "shirt", "door", "lamp", "cup", "kite"])]
+TEXTS = [{"text": f"the {t} is {c}"} for t in ["apple", "car", "boat", "kite"] for c in ["red", "blue"]]
+TEXTS += [{"query": f"colour of the {t}?", "answer": f"the {t} is red"} for t in ["apple", "car"]]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _data(tmp_path, records, name):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def _configs(stage, tiny_model_dir, tmp_path):
+    if stage == "stage1":
+        common = dict(model_path=str(tiny_model_dir), train_files=[_data(tmp_path, TEXTS, "t.jsonl")], batch_size=3,
+                      grad_accum_steps=2, learning_rate=5e-3, warmup_steps=2, max_steps=6, save_every=2, log_every=1,
+                      keep_checkpoints=5)
+        return Stage1Config, train_stage1, common
+    common = dict(model_path=str(tiny_model_dir), train_files=[_data(tmp_path, PAIRS, "p.jsonl")], batch_size=4,
+                  grad_accum_steps=2, grad_cache_chunk_size=3, num_hard_negatives=1, learning_rate=5e-3,
+                  warmup_steps=2, max_steps=6, save_every=2, log_every=1, keep_checkpoints=5)
+    return Stage2Config, train_stage2, common
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, tmp_path, stage):
+    cls, train, common = _configs(stage, tiny_model_dir, tmp_path)
+    straight = train(cls(output_dir=str(tmp_path / "straight"), **common))
+
+    def crash_at_5(step, _):
+        if step == 5:  # step 4 was checkpointed, step 5 is lost with the crash
+            raise Crash()
+
+    crashed = cls(output_dir=str(tmp_path / "crashed"), **common)
+    with pytest.raises(Crash):
+        train(crashed, on_step_end=crash_at_5)
+    assert [s for s, _ in list_checkpoints(tmp_path / "crashed")] == [2, 4]
+    resumed = train(crashed.replace(resume_from="latest"))
+
+    a = load_file(straight.final_checkpoint / "weights.safetensors")
+    b = load_file(resumed.final_checkpoint / "weights.safetensors")
+    assert a.keys() == b.keys() and any("lora" in k for k in a)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-7, msg=name)
+    opt_a = torch.load(straight.final_checkpoint / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(resumed.final_checkpoint / "optimizer.pt", weights_only=True)
+    for i, state in opt_a["state"].items():
+        torch.testing.assert_close(opt_b["state"][i]["exp_avg"], state["exp_avg"], rtol=0, atol=1e-7)
+    log_a = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in log_b] == [1, 2, 3, 4, 5, 6]  # the lost step 5 is logged once
+    assert [m["loss"] for m in log_b] == pytest.approx([m["loss"] for m in log_a], rel=1e-6)
+
+
+def test_existing_run_needs_resume_and_same_settings(tiny_model_dir, tmp_path):
+    cls, train, common = _configs("stage2", tiny_model_dir, tmp_path)
+    config = cls(output_dir=str(tmp_path / "run"), **{**common, "max_steps": 2})
+    train(config)
+    with pytest.raises(TrainingError, match="already holds checkpoints.*--resume"):
+        train(config)
+    with pytest.raises(TrainingError, match="learning_rate"):
+        train(config.replace(resume_from="latest", learning_rate=1e-3))
+    # a finished run resumes to nothing; more steps continue it
+    assert train(config.replace(resume_from="latest")).steps == 2
+    assert train(config.replace(resume_from="latest", max_steps=3)).steps == 3
+    # checkpoints of one stage do not load into the other
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "run", broken)
+    state_file = broken / "checkpoints" / "step-00000003" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["param_names"] = state["param_names"][:-1]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="trainable parameters differ"):
+        train(config.replace(output_dir=str(broken), resume_from="latest", max_steps=4))
