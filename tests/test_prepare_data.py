@@ -275,6 +275,19 @@ def test_tar_and_deb_members_are_read_without_unpacking(tmp_path):
         read_deb_data_members(tmp_path / "bad.deb", lambda n: True)
 
 
+def test_prepare_data_command_reports_bad_input_clearly(tmp_path):
+    from click.testing import CliRunner
+
+    from lusifer.train.prepare_data import prepare_data_command
+
+    args = ["--out-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(prepare_data_command, args + ["--stsb-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "lacks stsb-en-train.csv" in result.output
+    result = CliRunner().invoke(prepare_data_command, args + ["--bible-verses", "501"])
+    assert result.exit_code == 2 and "501 is not in the range 1<=x<=500" in result.output
+    assert not (tmp_path / "out" / "data.json").exists()
+
+
 # ---- full run ------------------------------------------------------------------------------------------
 
 

@@ -418,6 +418,10 @@ def prepare_data(
     start = time.monotonic()
     cache = cache_root(cache_dir)
     stsb = Path(stsb_dir) if stsb_dir else default_stsb_dir()
+    needed = ["stsb-en-train.csv", "stsb-en-dev.csv"] + [f"stsb-{lang}-test.csv" for lang in STSB_EVAL_LANGS]
+    absent = [name for name in needed if not (stsb / name).is_file()]
+    if absent:
+        raise FileNotFoundError(f"STS-B folder {str(stsb)!r} lacks {', '.join(absent)} (give --stsb-dir)")
     out = Path(os.path.expanduser(str(out_dir))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / DATA_MANIFEST
