@@ -317,7 +317,7 @@ def mine_lexical_negatives(
                        disable=len(queries) < 2000):  # fmt: skip
         own = doc_index[pos]
         words = [w for w in _content_words(q) if w in postings and len(postings[w]) <= limit]
-        words = sorted(words, key=lambda w: -idf[w])[:seed_words]
+        words = sorted(words, key=lambda w: (-idf[w], w))[:seed_words]
         scores: dict[int, float] = defaultdict(float)
         for w in words:
             for d in postings[w]:
