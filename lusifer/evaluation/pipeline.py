@@ -20,7 +20,7 @@ from lusifer.evaluation.results import (
     write_json_atomic,
     write_text_atomic,
 )
-from lusifer.evaluation.runner import DEFAULT_INSTRUCTIONS, run_suite
+from lusifer.evaluation.runner import DEFAULT_INSTRUCTIONS, run_settings, run_suite
 from lusifer.evaluation.suite import load_suite, load_task
 
 logger = logging.getLogger(__name__)
@@ -139,8 +139,7 @@ def evaluate_models(
     for model, label, kind in zip(models, labels, kinds):
         key_run = {"name": label, "model": {"path": str(Path(model).resolve()), "kind": kind},
                    "suite": {"sha256": suite.sha256},
-                   "settings": {"instructions": {k: instructions[k] for k in sorted(instructions)},
-                                "limit": options.limit, **settings}}
+                   "settings": run_settings(instructions, options.limit, settings)}
         wanted[label] = run_key(key_run)
     reusable = {}
     for run in previous:

@@ -111,6 +111,13 @@ def summarize(tasks: list[dict]) -> tuple[dict, dict]:
     return languages, averages
 
 
+def run_settings(instructions: dict[str, str] | None, limit: int | None, extra: dict | None = None) -> dict:
+    """The settings recorded in a run (also what ``--resume`` compares): instructions, limit and ``extra``."""
+    instructions = {**DEFAULT_INSTRUCTIONS, **(instructions or {})}
+    return {"instructions": {k: instructions[k] for k in sorted(DEFAULT_INSTRUCTIONS)}, "embedded_as": "query",
+            "limit": limit, **(extra or {})}
+
+
 def run_suite(
     embedder: TextEmbedder,
     suite: Suite,
@@ -157,8 +164,7 @@ def run_suite(
         "name": name,
         "model": {"path": str(embedder.path.resolve()), "kind": embedder.kind, "details": embedder.describe()},
         "suite": {"path": str(suite.root), "sha256": dict(suite.sha256)},
-        "settings": {"instructions": {k: instructions[k] for k in sorted(DEFAULT_INSTRUCTIONS)}, "limit": limit,
-                     **(settings or {})},
+        "settings": run_settings(instructions, limit, settings),
         "tasks": entries,
         "languages": languages,
         "averages": averages,
