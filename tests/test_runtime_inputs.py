@@ -169,3 +169,9 @@ def test_empty_folder_and_unmatched_glob(tiny_export, tmp_path, out):
     (tmp_path / "empty").mkdir()
     assert_fails(embed_cli(tmp_path / "empty", "--out", out, "--model", tiny_export), "contains no .parquet files")
     assert_fails(embed_cli(str(tmp_path / "x-*.parquet"), "--out", out, "--model", tiny_export), "matches no files")
+
+
+def test_missing_export_folder(tmp_path, out):
+    path = write_parquet(tmp_path / "c.parquet", ["a"])
+    result = embed_cli(path, "--out", out, "--model", tmp_path / "no-export")
+    assert_fails(result, "no-export", "does not exist")
