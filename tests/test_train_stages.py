@@ -112,25 +112,47 @@ def test_stage2_improves_toy_retrieval(tiny_model_dir, tmp_path):
     assert after >= before + 0.25, (before, after)
 
 
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_grad_cache_gives_full_batch_gradients(tiny_model_dir, tmp_path, chunk):
-    def gradients(chunk_size):
+@pytest.mark.parametrize("chunk, checkpointing", [(1, False), (4, False), (None, True), (2, True)])
+def test_grad_cache_and_checkpointing_give_full_batch_gradients(tiny_model_dir, tmp_path, chunk, checkpointing):
+    def gradients(chunk_size, gradient_checkpointing=False):
         config = Stage2Config(model_path=str(tiny_model_dir), train_files=["unused.jsonl"], output_dir=str(tmp_path),
-                              grad_cache_chunk_size=chunk_size, disable_dropout=True)
+                              grad_cache_chunk_size=chunk_size, disable_dropout=True,
+                              gradient_checkpointing=gradient_checkpointing)
         task = Stage2Task()
         torch.manual_seed(0)
         model = task.build_model(config, torch.device("cpu")).train()
+        calls = []
+        attention = next(m for m in model.llm.modules() if type(m).__name__.endswith("Attention"))
+        attention.register_forward_hook(lambda *_: calls.append(1))
         q = model.tokenize(["which apple?", "which car is it", "a boat"], kind="query")
         d = model.tokenize(["the apple is red", "the car is blue", "boats float", "the kite is pink"], kind="document")
         batch = {"query_ids": q["input_ids"], "query_mask": q["attention_mask"],
                  "doc_ids": d["input_ids"], "doc_mask": d["attention_mask"]}
         loss = task.forward_backward(model, batch, 1.0, DistContext())["loss"][0]
-        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, len(calls)
 
-    loss_full, full = gradients(None)
-    loss_cached, cached = gradients(chunk)
+    loss_full, full, calls_full = gradients(None)
+    loss_cached, cached, calls = gradients(chunk, checkpointing)
+    if chunk is None:  # checkpointing really recomputes the layers in backward
+        assert calls == 2 * calls_full
     assert loss_cached == pytest.approx(loss_full, rel=1e-6)
     assert full.keys() == cached.keys()
     assert any(g.abs().sum() > 0 for n, g in full.items() if "llm" in n and "lora_B" in n)
     for name in full:
         torch.testing.assert_close(cached[name], full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_stage1_from_base_models(tiny_model_dir, tmp_path):
+    """Stage 1 can start from base encoder and LLM folders with a fresh connector of the configured shape."""
+    base = tiny_model_dir.parent / "base"
+    records = [{"text": f"the {t} is red"} for t in THINGS]
+    config = Stage1Config(
+        model={"encoder_path": str(base / "encoder-xlm-roberta"), "llm_path": str(base / "llm-llama"),
+               "num_learnable_tokens": 3, "projection_dim": 8, "max_length": 32},
+        train_files=[_write(tmp_path / "t.jsonl", records)], output_dir=str(tmp_path / "run"), max_steps=2,
+        batch_size=4,
+    )
+    result = train_stage1(config)
+    model = LusiferModel.from_pretrained(result.outputs["model"])
+    assert model.connector.learnable_tokens.shape[0] == 3 and model.config.embedding_dim == 8
+    assert model.encode(["the cup is red"]).shape == (1, 8)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 
 import click
 
@@ -21,6 +23,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # peft calls a transformers method that transformers 5.2x renamed; the warning is not actionable here
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -74,9 +78,10 @@ def _run_stage(stage: str, config_file, output_dir, max_steps, resume_from, over
         result = train(config)
     except (DataError, CheckpointError, TrainingError, MergeError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{stage} finished at step {result.steps}: final checkpoint {result.final_checkpoint}")
-    for name, path in result.outputs.items():
-        click.echo(f"{name}: {path}")
+    if os.environ.get("RANK", "0") == "0":  # one summary per launch, not per process
+        click.echo(f"{stage} finished at step {result.steps}: final checkpoint {result.final_checkpoint}")
+        for name, path in result.outputs.items():
+            click.echo(f"{name}: {path}")
 
 
 # commands defined in other modules of lusifer.train, imported only when used

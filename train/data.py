@@ -57,7 +57,9 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
                 try:
                     yield where, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+                    raise DataError(
+                        f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); expected one JSON object per line"
+                    ) from exc
     elif file.suffix.lower() == ".parquet":
         pq = require("pyarrow.parquet", purpose="read parquet training files")
         try:

@@ -35,6 +35,15 @@ def disable_dropout(model: nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
+def enable_checkpointing(backbone: nn.Module) -> None:
+    """Recompute each layer's activations in backward (non-reentrant: works with frozen inputs and LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def prepare_trainable(
     model: LusiferModel,
     config: TrainConfig,
@@ -55,7 +64,7 @@ def prepare_trainable(
     model.requires_grad_(False)
     if config.gradient_checkpointing:
         for backbone in (model.encoder, model.llm):
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(backbone)
     if config.encoder_lora_targets:
         model.encoder = apply_lora(model.encoder, config.encoder_lora_targets, config.lora_r, config.lora_alpha,
                                    config.lora_dropout)

@@ -29,14 +29,20 @@ from lusifer.train.model_setup import load_starting_model, prepare_trainable
 logger = logging.getLogger(__name__)
 
 
-def global_contrastive_loss(q: torch.Tensor, docs: torch.Tensor, temperature: float, ctx: DistContext) -> torch.Tensor:
+def global_contrastive_loss(q: torch.Tensor, docs: torch.Tensor, temperature: float,
+                            ctx: DistContext) -> tuple[torch.Tensor, int]:
     """Contrastive loss over the global batch; ``docs`` holds this rank's positives (first ``len(q)`` rows)
-    then its hard negatives."""
+    then its hard negatives.
+
+    Returns:
+        ``(loss, candidates)``: the loss and the number of documents every query is scored against.
+    """
     batch = q.shape[0]
     q_all = gather_with_grad(q, ctx)
     p_all = gather_with_grad(docs[:batch], ctx)
     n_all = gather_with_grad(docs[batch:], ctx)
-    return contrastive_loss(q_all, p_all, n_all if n_all.shape[0] else None, temperature)
+    loss = contrastive_loss(q_all, p_all, n_all if n_all.shape[0] else None, temperature)
+    return loss, p_all.shape[0] + n_all.shape[0]
 
 
 class Stage2Task:
@@ -80,18 +86,18 @@ class Stage2Task:
             with ctx.autocast():
                 q = model(qi, qm)
                 d = model(di, dm)
-            loss = global_contrastive_loss(q.float(), d.float(), self.temperature, ctx)
+            loss, candidates = global_contrastive_loss(q.float(), d.float(), self.temperature, ctx)
             (loss * scale).backward()
         else:
             q, q_rng = embed_without_graph(model, qi, qm, self.chunk_size, ctx.autocast)
             d, d_rng = embed_without_graph(model, di, dm, self.chunk_size, ctx.autocast)
             q.requires_grad_(True)
             d.requires_grad_(True)
-            loss = global_contrastive_loss(q, d, self.temperature, ctx)
+            loss, candidates = global_contrastive_loss(q, d, self.temperature, ctx)
             (loss * scale).backward()
             backward_through_chunks(model, qi, qm, self.chunk_size, q.grad, q_rng, ctx.autocast)
             backward_through_chunks(model, di, dm, self.chunk_size, d.grad, d_rng, ctx.autocast)
-        return {"loss": (loss.item(), 1.0), "hard_negatives": (float(di.shape[0] - qi.shape[0]), 1.0)}
+        return {"loss": (loss.item(), 1.0), "candidates": (float(candidates), 1.0)}
 
     def finish(self, config: Stage2Config, final_checkpoint: Path, ctx: DistContext) -> dict:
         logger.info("stage 2 done; merge LoRA with: lusifer-train merge %s --out MERGED_DIR", config.output_dir)
