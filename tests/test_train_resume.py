@@ -101,3 +101,24 @@ def test_existing_run_needs_resume_and_same_settings(tiny_model_dir, tmp_path):
     state_file.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="trainable parameters differ"):
         train(config.replace(output_dir=str(broken), resume_from="latest", max_steps=4))
+
+
+def test_non_finite_gradient_stops_before_the_update(tiny_model_dir, tmp_path):
+    from lusifer.train.loop import run_training
+    from lusifer.train.stage2 import Stage2Task
+
+    class NanAtStep3(Stage2Task):
+        calls = 0
+
+        def forward_backward(self, model, batch, loss_scale, ctx):
+            out = super().forward_backward(model, batch, loss_scale, ctx)
+            NanAtStep3.calls += 1
+            if NanAtStep3.calls == 3:
+                next(p for p in model.parameters() if p.requires_grad).grad.fill_(float("nan"))
+            return out
+
+    cls, _, common = _configs("stage2", tiny_model_dir, tmp_path)
+    config = cls(output_dir=str(tmp_path / "run"), **{**common, "grad_accum_steps": 1})
+    with pytest.raises(TrainingError, match="non-finite loss or gradient at step 3.*step-00000002"):
+        run_training(NanAtStep3(), config)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]

@@ -135,14 +135,13 @@ class Stage2Collator:
     def __call__(self, rows: list[dict], keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         queries = [_format(self.model_config, "query", row["query"], row["instruction"]) for row in rows]
         positives, negatives = [], []
-        for row, key in zip(rows, keys):
-            doc_instruction = row["instruction"] if self.instruct_documents else ""
-            fmt = lambda text: _format(self.model_config, "document", text, doc_instruction)  # noqa: E731
-            positives.append(fmt(row["positive"]))
+        for row, key in zip(rows, keys, strict=True):
+            instruction = row["instruction"] if self.instruct_documents else ""
+            positives.append(_format(self.model_config, "document", row["positive"], instruction))
             pool = list(row["negatives"] or [])
             if len(pool) > self.num_hard_negatives:
                 pool = example_rng(self.seed, *key).sample(pool, self.num_hard_negatives)
-            negatives.extend(fmt(n) for n in pool)
+            negatives.extend(_format(self.model_config, "document", n, instruction) for n in pool)
         q = self._tokenize(queries)
         d = self._tokenize(positives + negatives)
         return {

@@ -212,7 +212,7 @@ def load_examples(files: list[str], stage: str, cache_dir: str | os.PathLike | N
     return ds
 
 
-def load_examples_for_run(config, ctx) -> "datasets.Dataset":
+def load_examples_for_run(config, ctx):
     """Load a run's training files (``config.stage``); rank 0 builds the ``datasets`` cache in
     ``OUTPUT_DIR/cache/datasets`` first, then the other ranks read it."""
     cache = Path(config.output_dir) / "cache" / "datasets"

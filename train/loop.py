@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -270,12 +269,6 @@ def _train(task: Task, config: TrainConfig, ctx: DistContext, on_step_end) -> Tr
         for _ in range(accum):
             batch = _to_device(next(data), ctx.device)
             metrics = task.forward_backward(model, batch, 1.0 / accum, ctx)
-            loss_sum, loss_weight = metrics["loss"]
-            if not math.isfinite(loss_sum / max(loss_weight, 1e-12)):
-                raise TrainingError(
-                    f"non-finite loss at step {step + 1} ({loss_sum / max(loss_weight, 1e-12)}); last good "
-                    f"checkpoint: {last_checkpoint}. Lower learning_rate or check the data"
-                )
             for name, (value, weight) in metrics.items():
                 acc = window.setdefault(name, [0.0, 0.0])
                 acc[0] += value
@@ -285,6 +278,12 @@ def _train(task: Task, config: TrainConfig, ctx: DistContext, on_step_end) -> Tr
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         else:
             grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        # a non-finite loss makes the (all-reduced, so identical on every rank) gradient norm non-finite
+        if not math.isfinite(grad_norm):
+            raise TrainingError(
+                f"non-finite loss or gradient at step {step + 1} (gradient norm {grad_norm}); the weights were not "
+                f"updated; last complete checkpoint: {last_checkpoint}. Lower learning_rate or check the data"
+            )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
