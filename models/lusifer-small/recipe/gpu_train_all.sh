@@ -3,7 +3,7 @@
 # Run detached (setsid) by gpu_launch.sh; writes /tmp/runs/<name>/..., logs in /tmp/runs/*.log, and
 # /tmp/runs/DONE when every pipeline has finished. Step counts: S1_STEPS, S2_STEPS.
 set -uo pipefail
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 R=/tmp/src/models/lusifer-small/recipe
 D=/tmp/data
 B=/tmp/base
@@ -26,6 +26,7 @@ s2() {  # name, start model, extra --set args...
 full() { s1 full && s2 full $O/full-s1/model; }
 frozen() { s1 frozenenc --set "encoder_lora_targets=[]" && s2 frozenenc $O/frozenenc-s1/model --set "encoder_lora_targets=[]"; }
 connonly() { s2 connonly $O/frozenenc-s1/model --set "encoder_lora_targets=[]" --set "llm_lora_targets=[]"; }
+rfonly_s2() { s2 rfonly $O/rfonly-start; }
 rfonly() {
   python3 - <<PY && s2 rfonly $O/rfonly-start
 import torch
@@ -37,6 +38,10 @@ torch.manual_seed(42)
 LusiferModel.from_config(LusiferConfig.from_dict(model)).save_pretrained("$O/rfonly-start")
 PY
 }
+if [ $# -gt 0 ]; then  # run the named pipeline functions only (e.g. to restart one)
+  for f in "$@"; do $f > $O/$f.log 2>&1; done
+  exit
+fi
 full > $O/full.log 2>&1 & p1=$!
 frozen > $O/frozenenc.log 2>&1 & p2=$!
 rfonly > $O/rfonly.log 2>&1 & p3=$!
