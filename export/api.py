@@ -117,7 +117,7 @@ def export_model(
     from lusifer.export.manifest import build_manifest, sha256_file, variant_info
     from lusifer.export.onnx_export import check_interface, check_weights, remove_tree, resave, trace_to_onnx
     from lusifer.export.quantize import quantize_int8
-    from lusifer.export.validate import check_tokenizer_file, torch_reference, validate_graph
+    from lusifer.export.validate import calibration_batches, check_tokenizer_file, torch_reference, validate_graph
 
     started = time.perf_counter()
     logger.info("exporting %s (%s encoder, %s LLM) to %s", model_path, encoder_type, llm_type, target)
@@ -128,6 +128,7 @@ def export_model(
     source_tokenizer = model_path / ENCODER_DIR / TOKENIZER_FILE
     check_tokenizer_file(source_tokenizer, tokenizer, config.max_length)
     reference = torch_reference(model)
+    calibration = calibration_batches(model) if quantize == "int8" else []
     budget = _parameter_budget(model)
     llm_vocab = int(model.llm.get_input_embeddings().weight.shape[0])
     llm_hidden = int(model.config.llm_hidden)
@@ -157,7 +158,7 @@ def export_model(
             variants["fp16"] = variant_info(staging, fp16_path.name, fp16_files, "fp16", None, parity)
         if quantize == "int8":
             int8_path = staging / VARIANT_FILES["int8"]
-            int8_files = quantize_int8(fp32_path, int8_path, work / "int8")
+            int8_files, int8_summary = quantize_int8(fp32_path, int8_path, work / "int8", calibration)
             check_interface(int8_path, config.embedding_dim)
             parity = validate_graph("int8", int8_path, reference, float(int8_min_cosine))
             variants["int8"] = variant_info(staging, int8_path.name, int8_files, "fp32", "int8", parity)
@@ -174,6 +175,8 @@ def export_model(
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "export_seconds": round(time.perf_counter() - started, 2),
         }
+        if quantize == "int8":
+            source["int8_quantization"] = int8_summary
         manifest = build_manifest(config, tokenizer.pad_token_id, staging, variants, opset, source)
         manifest.save(staging)
         move_into_place(staging, target)

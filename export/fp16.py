@@ -123,6 +123,52 @@ def fp32_node_names(model) -> dict[str, set[str]]:
     }
 
 
+def remove_fp16_round_trips(model) -> int:
+    """Let fp32 values flow directly between fp32 nodes.
+
+    The converter gives every kept-fp32 node an fp16 output (``Cast`` to fp16 after it) and an fp32 input
+    (``Cast`` to fp32 before it), so a chain of fp32 nodes still rounds, and may overflow, through fp16 at
+    each step (an RMSNorm's ``Pow(x, 2)`` of 700 is 4.9e5: inf in fp16). Every ``Cast(to=float32)`` whose
+    input is a ``Cast(to=float16)`` of an fp32 value is bypassed here; unused casts are then removed.
+
+    Returns:
+        The number of round trips removed.
+    """
+    onnx = require("onnx", "export")
+    graph = model.graph
+    fp32_values = {v.name for v in graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    fp32_values |= {v.name for v in graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    fp32_values |= {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    replace: dict[str, str] = {}
+    for node in graph.node:
+        if cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        parent = producer.get(node.input[0])
+        if parent is not None and cast_to(parent) == onnx.TensorProto.FLOAT16 and parent.input[0] in fp32_values:
+            replace[node.output[0]] = parent.input[0]
+    if not replace:
+        return 0
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in replace:
+                node.input[i] = replace[name]
+    # drop the bypassed casts (and fp16 casts nobody reads any more), keeping graph outputs
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    return len(replace)
+
+
 def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None) -> list[Path]:
     """Convert the fp32 graph at ``src`` into an fp16 graph at ``dst`` (int64 inputs, float32 output).
 
@@ -154,10 +200,11 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None) -> list[
         )
     finally:
         converter_logger.setLevel(level)
+    round_trips = remove_fp16_round_trips(converted)
     files = save_model(converted, dst, threshold)
     logger.info(
         "converted to fp16 in %.1f s; kept in fp32: %d mask/position/rotary nodes, %d RMSNorm statistics nodes, "
-        "%d pooling/projection nodes",
-        time.perf_counter() - started, len(keep["control"]), len(keep["rmsnorm"]), len(keep["head"]),
+        "%d pooling/projection nodes (%d fp32 -> fp16 -> fp32 round trips removed)",
+        time.perf_counter() - started, len(keep["control"]), len(keep["rmsnorm"]), len(keep["head"]), round_trips,
     )
     return files

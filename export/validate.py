@@ -101,6 +101,22 @@ def build_batches(model) -> list[ValidationBatch]:
     return batches
 
 
+def calibration_batches(model, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Right-padded ``(input_ids, attention_mask)`` batches of the multilingual sample sentences shipped with
+    lusifer, disjoint from the validation texts (used to find INT8 activation outliers)."""
+    from lusifer.tiny import sample_texts
+
+    texts = model.format(sample_texts(), kind="document", instruction=None)
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        enc = model.tokenizer(
+            texts[start : start + batch_size], padding=True, truncation=True,
+            max_length=model.config.max_length, return_tensors="np",
+        )
+        batches.append((enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)))
+    return batches
+
+
 def torch_reference(model) -> Reference:
     """PyTorch fp32 embeddings of the validation batches, bidirectional and causal (control)."""
     torch = require("torch", "export")

@@ -255,3 +255,27 @@ def test_export_folder_is_self_contained_without_torch(fp32_exports, models, tmp
     assert proc.returncode == 0, proc.stderr
     want = models(pair).encode(MULTILINGUAL_TEXTS, kind="query", instruction=INSTRUCTION, normalize=False)
     np.testing.assert_allclose(np.load(out), want, atol=1e-5, rtol=1e-4)
+
+
+
+def test_int8_keeps_matmuls_with_activation_outliers_in_fp32(fp32_exports, models, tmp_path, monkeypatch):
+    """MatMuls whose input peak-to-RMS ratio exceeds the limit stay fp32; the others are quantised."""
+    import lusifer.export.quantize as quantize
+
+    pair = PAIRS[0]
+    enc = models(pair).tokenize(MULTILINGUAL_TEXTS)
+    calibration = [(enc["input_ids"].numpy(), enc["attention_mask"].numpy())]
+    ratios = quantize.activation_outlier_ratios(fp32_exports[pair] / "model.onnx", calibration)
+    assert len(ratios) > 20 and all(r > 0 for r in ratios.values())
+    limit = float(np.median(list(ratios.values())))
+    monkeypatch.setattr(quantize, "OUTLIER_RATIO", limit)
+    files, summary = quantize.quantize_int8(fp32_exports[pair] / "model.onnx", tmp_path / "q.onnx", tmp_path / "work", calibration)
+    kept = set(summary["kept_fp32"])
+    assert 0 < len(kept) < summary["matmuls"]
+    nodes = {n.name: n.op_type for n in onnx.load(str(files[0])).graph.node}
+    # quantize_dynamic rewrites a Gemm as "<name>_MatMul" + Add; excluded ones stay float MatMuls
+    fp32_ops = {name: nodes.get(name) or nodes.get(f"{name}_MatMul") for name in ratios}
+    assert {name: op for name, op in fp32_ops.items() if name in kept and op not in ("MatMul", "Gemm")} == {}
+    quantized = [name for name in ratios if name not in kept]
+    assert all(op in (None,) for name, op in fp32_ops.items() if name in quantized)  # replaced by *_quant nodes
+    assert sum(op == "MatMulInteger" for op in nodes.values()) == len(quantized)

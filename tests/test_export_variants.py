@@ -169,3 +169,20 @@ def test_parity_error_carries_figures(tiny_factory, tmp_path, monkeypatch):
     assert "min cosine" in str(err) and "0.9999" in str(err) and "max abs diff" in str(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     assert [p.name for p in target.iterdir()] == [MANIFEST_NAME]  # the old export is untouched
+
+
+@pytest.mark.gpu
+def test_fp16_graph_on_cuda_matches_pytorch(fp16_export, model):
+    """The fp16 graph is for the CUDA execution provider: run it there (needs onnxruntime-gpu and a GPU)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.fail(f"CUDAExecutionProvider missing (providers: {ort.get_available_providers()}); install onnxruntime-gpu")
+    folder, manifest, _ = fp16_export
+    session = ort.InferenceSession(
+        str(folder / manifest.variants["fp16"].file), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    enc = model.tokenize(MULTILINGUAL_TEXTS, kind="query", instruction="Find the same sentence")
+    (got,) = session.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
+    want = model.encode(MULTILINGUAL_TEXTS, kind="query", instruction="Find the same sentence", normalize=False)
+    assert got.dtype == np.float32
+    assert cosines(got, want).min() >= MIN_COSINE["fp16"]
