@@ -29,4 +29,11 @@ lusifer-train stage2 --config "$here/stage2.yaml" --set "model_path=$out/stage1/
 lusifer-train merge "$out/stage2" --out "$out/merged"
 python "$here/retrieval.py" "$out/tiny/model" "$out/merged"
 
-# ---- export and embedding (added by the lead): OUTDIR/export, OUTDIR/export-int8, OUTDIR/vectors.npy ----
+# ---- export and embedding: OUTDIR/export, OUTDIR/export-int8, OUTDIR/vectors.npy ----
+# 5. the whole encoder-connector-LLM graph to ONNX, validated against PyTorch (fp32; fp32 + dynamic INT8)
+lusifer-export "$out/merged" --out "$out/export" --overwrite
+lusifer-export "$out/merged" --out "$out/export-int8" --quantize int8 --overwrite
+
+# 6. embed a multilingual parquet corpus with ONNX Runtime (no torch in the runtime)
+lusifer-embed "$here/../corpus/multilingual.parquet" --out "$out/vectors.npy" --model "$out/export-int8" --overwrite
+python -c "import numpy as np, sys; v = np.load(sys.argv[1]); print('vectors', v.shape, v.dtype)" "$out/vectors.npy"
