@@ -15,8 +15,9 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("corpus")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
-              help="Output .npy file (a .npy.json sidecar and, while running, a .npy.partial file sit beside it).")
+@click.option("--out", "out_path", required=True, type=click.Path(),
+              help="Output .npy file (a .npy.json sidecar and, while running, a .npy.partial file sit beside it); "
+                   "with --ray an output folder (one <shard-stem>.npy per shard and manifest.json).")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False),
               help="Export folder written by lusifer-export (default: the default model).")
 @click.option("--column", default="text", show_default=True, help="Text column of the parquet files.")
@@ -44,21 +45,41 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
               help="Padded tokens per forward pass [default: 8192 on CPU, 16384 on CUDA].")
 @click.option("--max-batch-rows", type=click.IntRange(min=1), default=None,
               help="Rows per forward pass [default: 512].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster (needs lusifer[ray]): ADDRESS such as auto, HEAD:6379 or ray://HEAD:10001; "
+                   "alone: RAY_ADDRESS or a running local cluster, else a new local one. Reruns skip complete shards.")
+@click.option("--num-actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: embedding actors [default: the cluster's GPUs, or CPUs / --threads].")
+@click.option("--gpus-per-actor", type=click.IntRange(0, 1), default=0, show_default=True,
+              help="With --ray: 1 = each actor owns one GPU and runs CUDA (no CPU fallback); 0 = CPU actors.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO).")
 def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: str, instruction: str | None,
          device: str, variant: str | None, threads: int | None, dtype: str, normalize: bool | None, on_null: str,
          resume: bool, overwrite: bool, chunk_rows: int | None, token_budget: int | None,
-         max_batch_rows: int | None, progress: bool, verbose: bool) -> None:
+         max_batch_rows: int | None, ray_address: str | None, num_actors: int | None, gpus_per_actor: int,
+         progress: bool, verbose: bool) -> None:
     """Embed the text column of a parquet CORPUS (a file, a folder of files, or a glob) into a .npy file.
 
     Row i of the output is row i of the corpus (files in natural name order). Without --resume or
     --overwrite an existing output is refused.
+
+    With --ray, the job runs on a Ray actor pool and --out is a folder: row i of <shard-stem>.npy is row i of
+    that shard; shards already complete are skipped (--resume is implied); --threads is the CPUs per actor
+    and --chunk-rows the rows per retried work item.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    if ray_address is not None:
+        _run_ray(corpus, out_path, model_dir, ray_address, num_actors, gpus_per_actor, device, column=column,
+                 kind=kind, instruction=instruction, variant=variant, threads=threads, dtype=dtype,
+                 normalize=normalize, on_null=on_null, overwrite=overwrite, chunk_rows=chunk_rows,
+                 token_budget=token_budget, max_batch_rows=max_batch_rows, progress=progress)
+        return
+    if num_actors is not None or gpus_per_actor:
+        raise click.UsageError("--num-actors and --gpus-per-actor need --ray")
     try:
         summary = embed_corpus(
             corpus, out_path, model_dir, column=column, kind=kind, instruction=instruction, device=device,
@@ -67,5 +88,23 @@ def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: s
             progress=progress,
         )
     except (EmbedError, ManifestError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.format())
+
+
+def _run_ray(corpus: str, out_dir: str, model_dir: str | None, address: str, num_actors: int | None,
+             gpus_per_actor: int, device: str, *, threads: int | None, chunk_rows: int | None, **options) -> None:
+    """Delegate ``--ray`` to :func:`~lusifer.runtime.ray_job.embed_corpus_ray` (ray is imported lazily)."""
+    from lusifer.extras import MissingExtraError
+    from lusifer.runtime.ray_job import embed_corpus_ray
+
+    if device != "auto":
+        raise click.UsageError("with --ray the device is chosen by --gpus-per-actor (1 = CUDA, 0 = CPU), not --device")
+    try:
+        summary = embed_corpus_ray(
+            corpus, out_dir, model_dir, address=address or None, num_actors=num_actors,
+            num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=threads or 1, rows_per_task=chunk_rows, **options,
+        )
+    except (EmbedError, ManifestError, MissingExtraError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.format())

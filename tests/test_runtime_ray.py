@@ -1,0 +1,132 @@
+"""embed_corpus_ray / lusifer-embed --ray on a local 2-CPU Ray cluster: row identity, rerun, retries, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_runtime_support import corpus_texts, write_parquet
+
+from lusifer.runtime import CorpusError, OutputError, embed_corpus
+from lusifer.runtime.cli import main
+from lusifer.runtime.ray_actor import CRASH_PLAN_ENV
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+from lusifer.runtime.ray_job import embed_corpus_ray  # noqa: E402
+
+pytest_plugins = ["test_runtime_support"]  # tiny_export fixture
+
+BOUNDS = [0, 37, 38, 38, 120, 161]  # shards of 37, 1, 0, 82 and 41 rows
+
+
+@pytest.fixture(scope="module")
+def crash_plan(tmp_path_factory) -> Path:
+    """Where the crash test writes its plan; the env var reaches every Ray worker started by the fixture."""
+    return tmp_path_factory.mktemp("ray-crash") / "plan"
+
+
+@pytest.fixture(scope="module")
+def local_ray(crash_plan):
+    if ray.is_initialized():
+        ray.shutdown()
+    old = os.environ.get(CRASH_PLAN_ENV)
+    os.environ[CRASH_PLAN_ENV] = str(crash_plan)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop(CRASH_PLAN_ENV, None)
+    else:
+        os.environ[CRASH_PLAN_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def shard_folder(tmp_path_factory) -> Path:
+    texts = corpus_texts(BOUNDS[-1], seed=3)
+    folder = tmp_path_factory.mktemp("ray-corpus")
+    for i, (a, b) in enumerate(zip(BOUNDS, BOUNDS[1:])):
+        write_parquet(folder / f"part-{i * 5}.parquet", texts[a:b], row_group_size=16)  # part-0, -5, -10 ...
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_export, shard_folder, tmp_path_factory) -> np.ndarray:
+    out = tmp_path_factory.mktemp("ray-ref") / "vectors.npy"
+    embed_corpus(shard_folder, out, tiny_export, device="cpu", progress=False)
+    return np.load(out)
+
+
+def _concat(out_dir: Path) -> np.ndarray:
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    return np.concatenate([np.load(out_dir / e["output"]) for e in manifest["shards"]])
+
+
+def test_ray_matches_single_process_and_reruns_skip(local_ray, tiny_export, shard_folder, reference, tmp_path):
+    out = tmp_path / "out"
+    summary = embed_corpus_ray(shard_folder, out, tiny_export, num_actors=2, rows_per_task=16, progress=False)
+    assert summary.rows_this_run == BOUNDS[-1] and summary.shards_embedded == 5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["identity"]["model"]["sha256"]) == 64
+    assert [e["output"] for e in manifest["shards"]] == [f"part-{i * 5}.npy" for i in range(5)]
+    assert [e["rows"] for e in manifest["shards"]] == [b - a for a, b in zip(BOUNDS, BOUNDS[1:])]
+    assert all(e["status"] == "complete" for e in manifest["shards"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json"] + [e["output"] for e in manifest["shards"]])
+    np.testing.assert_allclose(_concat(out), reference, atol=1e-6)
+
+    # rerun: nothing to do; a removed shard file and a manifest entry marked unfinished are redone
+    again = embed_corpus_ray(shard_folder, out, tiny_export, num_actors=2, progress=False)
+    assert again.shards_embedded == 0 and again.rows_this_run == 0
+    (out / "part-5.npy").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][3]["status"] = "in_progress"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = os.stat(out / "part-0.npy").st_mtime_ns
+    third = embed_corpus_ray(shard_folder, out, tiny_export, num_actors=1, progress=False)
+    assert third.shards_embedded == 2 and third.rows_this_run == 1 + 82 and third.shards_skipped == 3
+    assert os.stat(out / "part-0.npy").st_mtime_ns == before
+    np.testing.assert_allclose(_concat(out), reference, atol=1e-6)
+
+
+def test_killed_actor_work_is_retried(local_ray, tiny_export, shard_folder, reference, crash_plan, tmp_path):
+    crash_plan.write_text("3")  # the 82-row shard
+    try:
+        embed_corpus_ray(shard_folder, tmp_path / "out", tiny_export, num_actors=1, rows_per_task=32,
+                         progress=False)
+    finally:
+        crash_plan.unlink()
+    assert Path(str(crash_plan) + ".done").exists()  # an actor really died
+    np.testing.assert_allclose(_concat(tmp_path / "out"), reference, atol=1e-6)
+
+
+def test_bad_inputs_fail_before_ray_work(tiny_export, shard_folder, tmp_path):
+    with pytest.raises(CorpusError, match="no column 'body'.*text"):
+        embed_corpus_ray(shard_folder, tmp_path / "a", tiny_export, column="body", address="ray://nowhere:1")
+    with pytest.raises(ValueError, match="num_gpus_per_actor=2"):
+        embed_corpus_ray(shard_folder, tmp_path / "b", tiny_export, num_gpus_per_actor=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        embed_corpus_ray(shard_folder, tmp_path / "file", tiny_export, address="ray://nowhere:1")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"format": "lusifer-embed-ray/1", "identity": {
+        "dim": 1, "dtype": "float32"}, "shards": []}))
+    with pytest.raises(OutputError, match="describes another job.*dim: was 1"):
+        embed_corpus_ray(shard_folder, other, tiny_export, address="ray://nowhere:1")
+    result = CliRunner().invoke(main, [str(shard_folder), "--out", str(tmp_path / "c"), "--model", str(tiny_export),
+                                       "--column", "body", "--ray", "ray://nowhere:1", "--no-progress"])
+    assert result.exit_code != 0 and "no column 'body'" in result.output
+
+
+def test_cli_ray(local_ray, tiny_export, shard_folder, reference, tmp_path):
+    out = tmp_path / "cli-out"
+    args = [str(shard_folder), "--out", str(out), "--model", str(tiny_export), "--no-progress", "--ray"]
+    result = CliRunner().invoke(main, args + ["--num-actors", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "wrote 5 shard(s)" in result.output and "1 actor(s)" in result.output
+    np.testing.assert_allclose(_concat(out), reference, atol=1e-6)
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "already complete" in result.output
