@@ -34,8 +34,10 @@ def read_slice(path: str, column: str, row_groups: list[int], start: int, stop: 
     """
     try:
         pf = pq.ParquetFile(path)
-        if pf.metadata.num_rows != sum(row_groups):
-            raise CorpusError(f"corpus file {path!r} changed while embedding (row count differs)")
+        found = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        if found != list(row_groups):
+            raise CorpusError(f"corpus file {path!r} changed while embedding (row groups {found}, "
+                              f"checked {list(row_groups)})")
         groups, first, group_start = [], None, 0
         for g, n in enumerate(row_groups):
             if group_start < stop and group_start + n > start:

@@ -25,6 +25,7 @@ from lusifer.extras import require
 from lusifer.prompts import check_kind
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
+from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.embedder import DEFAULT_MAX_BATCH_ROWS, DEFAULT_TOKEN_BUDGET, DEFAULT_WINDOW_ROWS
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.ray_actor import EmbedActor
@@ -213,6 +214,17 @@ def _default_actors(ray, gpus: int, cpus: int) -> int:
     return max(1, int(resources.get("CPU", 1)) // cpus)
 
 
+def _embed_error_in(exc: BaseException) -> EmbedError | None:
+    """The :class:`EmbedError` behind a Ray/Ray Data exception (``cause`` / ``__cause__`` chain), if any."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, EmbedError) and type(exc).__module__.startswith("lusifer."):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return None
+
+
 def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num_actors, gpus, cpus,
          rows_per_task, progress, base) -> RaySummary:
     from tqdm.auto import tqdm
@@ -223,6 +235,7 @@ def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
+    ctx.raise_original_map_exception = True  # a CorpusError in an actor reaches the driver as itself
     ds = ray.data.from_items(work, override_num_blocks=len(work)).map_batches(
         EmbedActor,
         batch_size=1,
@@ -247,6 +260,13 @@ def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num
             outputs.add(batch["shard"], batch["row"], batch["vector"])
             done_rows += len(batch["row"])
             bar.update(len(batch["row"]))
+    except Exception as exc:
+        cause = _embed_error_in(exc)
+        if cause is not None:  # a user-facing error raised in an actor: report it as itself
+            first_line = (str(cause).splitlines() or [""])[0]  # Ray Data appends its retry advice
+            raise type(cause)(f"{first_line} (raised in a Ray actor; finished shards are kept, rerun to continue)") \
+                from exc
+        raise
     finally:
         bar.close()
         seconds = time.perf_counter() - t0

@@ -102,6 +102,27 @@ def test_killed_actor_work_is_retried(local_ray, tiny_export, shard_folder, refe
     np.testing.assert_allclose(_concat(tmp_path / "out"), reference, atol=1e-6)
 
 
+def test_error_in_actor_reaches_caller_as_itself(local_ray, tiny_export, shard_folder, tmp_path, monkeypatch):
+    import lusifer.runtime.ray_job as ray_job
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in shard_folder.iterdir():
+        (corpus / f.name).write_bytes(f.read_bytes())
+    checked = ray_job.ShardOutputs.open
+
+    def open_then_change_corpus(*args, **kwargs):  # the corpus changes after the driver checked it
+        outputs = checked(*args, **kwargs)
+        write_parquet(corpus / "part-15.parquet", ["x", None] * 41, row_group_size=16)
+        return outputs
+
+    monkeypatch.setattr(ray_job.ShardOutputs, "open", open_then_change_corpus)
+    with pytest.raises(CorpusError, match="has a null at row 1.*raised in a Ray actor"):
+        embed_corpus_ray(corpus, tmp_path / "out", tiny_export, num_actors=1, progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "in_progress" and manifest["shards"][3]["status"] != "complete"
+
+
 def test_bad_inputs_fail_before_ray_work(tiny_export, shard_folder, tmp_path):
     with pytest.raises(CorpusError, match="no column 'body'.*text"):
         embed_corpus_ray(shard_folder, tmp_path / "a", tiny_export, column="body", address="ray://nowhere:1")
