@@ -25,8 +25,8 @@ from lusifer.extras import require
 from lusifer.prompts import check_kind
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
-from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.embedder import DEFAULT_MAX_BATCH_ROWS, DEFAULT_TOKEN_BUDGET, DEFAULT_WINDOW_ROWS
+from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.ray_actor import EmbedActor
 from lusifer.runtime.ray_output import MANIFEST_NAME, ShardOutputs
@@ -182,9 +182,9 @@ def embed_corpus_ray(
         outputs.finish_empty(i)
     todo = [i for i in outputs.todo if data.shards[i].rows > 0]
     skipped = len(data.shards) - len(outputs.todo)
-    base = dict(out_dir=str(out_dir), shards=len(data.shards), shards_skipped=skipped, rows=data.rows,
-                dim=manifest.embedding_dim, dtype=dtype, gpus_per_actor=num_gpus_per_actor,
-                variant=export.variant, model_sha256=export.model_sha256)
+    base = {"out_dir": str(out_dir), "shards": len(data.shards), "shards_skipped": skipped, "rows": data.rows,
+            "dim": manifest.embedding_dim, "dtype": dtype, "gpus_per_actor": num_gpus_per_actor,
+            "variant": export.variant, "model_sha256": export.model_sha256}
     if not todo:
         summary = RaySummary(shards_embedded=len(outputs.todo), rows_this_run=0, seconds=0.0, rows_per_s=0.0,
                              num_actors=0, **base)

@@ -86,7 +86,7 @@ class ShardOutputs:
 
     @classmethod
     def open(cls, out_dir: str | os.PathLike, identity: dict, shards: list[Shard], overwrite: bool,
-             run_info: dict) -> "ShardOutputs":
+             run_info: dict) -> ShardOutputs:
         """Check the folder against ``identity`` and decide which shards to embed (before any heavy work).
 
         Raises:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_runtime_support import corpus_texts, write_parquet
+from test_runtime_support import corpus_texts, run_python, write_parquet
 
 from lusifer.runtime import CorpusError, OutputError, embed_corpus
 from lusifer.runtime.cli import main
 from lusifer.runtime.ray_actor import CRASH_PLAN_ENV
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
-from lusifer.runtime.ray_job import embed_corpus_ray  # noqa: E402
+from lusifer.runtime.ray_job import embed_corpus_ray
 
 pytest_plugins = ["test_runtime_support"]  # tiny_export fixture
 
@@ -48,7 +49,7 @@ def local_ray(crash_plan):
 def shard_folder(tmp_path_factory) -> Path:
     texts = corpus_texts(BOUNDS[-1], seed=3)
     folder = tmp_path_factory.mktemp("ray-corpus")
-    for i, (a, b) in enumerate(zip(BOUNDS, BOUNDS[1:])):
+    for i, (a, b) in enumerate(pairwise(BOUNDS)):
         write_parquet(folder / f"part-{i * 5}.parquet", texts[a:b], row_group_size=16)  # part-0, -5, -10 ...
     return folder
 
@@ -72,7 +73,7 @@ def test_ray_matches_single_process_and_reruns_skip(local_ray, tiny_export, shar
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["identity"]["model"]["sha256"]) == 64
     assert [e["output"] for e in manifest["shards"]] == [f"part-{i * 5}.npy" for i in range(5)]
-    assert [e["rows"] for e in manifest["shards"]] == [b - a for a, b in zip(BOUNDS, BOUNDS[1:])]
+    assert [e["rows"] for e in manifest["shards"]] == [b - a for a, b in pairwise(BOUNDS)]
     assert all(e["status"] == "complete" for e in manifest["shards"])
     assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json"] + [e["output"] for e in manifest["shards"]])
     np.testing.assert_allclose(_concat(out), reference, atol=1e-6)
@@ -103,7 +104,7 @@ def test_killed_actor_work_is_retried(local_ray, tiny_export, shard_folder, refe
 
 
 def test_error_in_actor_reaches_caller_as_itself(local_ray, tiny_export, shard_folder, tmp_path, monkeypatch):
-    import lusifer.runtime.ray_job as ray_job
+    from lusifer.runtime import ray_job
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -151,3 +152,24 @@ def test_cli_ray(local_ray, tiny_export, shard_folder, reference, tmp_path):
     np.testing.assert_allclose(_concat(out), reference, atol=1e-6)
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0 and "already complete" in result.output
+
+
+def test_without_ray_the_cli_says_which_extra_to_install(tiny_export, shard_folder, tmp_path):
+    block_ray = (
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'ray' or name.startswith('ray.'):\n"
+        "            raise ImportError('ray is blocked in this test')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    code = block_ray + (
+        "from click.testing import CliRunner\n"
+        "from lusifer.runtime.cli import main\n"
+        f"r = CliRunner().invoke(main, [{str(shard_folder)!r}, '--out', {str(tmp_path / 'o')!r}, '--model', "
+        f"{str(tiny_export)!r}, '--ray', '--no-progress'])\n"
+        "print(r.exit_code, r.output)\n"
+    )
+    proc = run_python(code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("1 ") and "pip install 'lusifer[ray]'" in proc.stdout, proc.stdout
