@@ -8,7 +8,7 @@ and caches the export; later runs reuse the cache.
 Locations:
 
 - cache root: ``$LUSIFER_CACHE_DIR`` or ``~/.cache/lusifer`` (also holds the downloaded base packages);
-  the export goes to ``<root>/models/lusifer-small-<version>/export`` (CPU: fp32 + int8) or ``export-cuda``
+  the export goes to ``<root>/models/lusifer-small-<version>/export`` (CPU: fp32) or ``export-cuda``
   (CUDA: fp16).
 - trained weights: ``$LUSIFER_SMALL_WEIGHTS`` or ``<source checkout>/models/lusifer-small`` (the weights are
   not package data: a wheel install needs ``LUSIFER_SMALL_WEIGHTS`` or ``--model EXPORT_DIR``).
@@ -100,7 +100,7 @@ def resolve_default_model(device: str = "auto", progress: bool = True) -> Path:
 
     Args:
         device: The device the caller will embed on (``auto``, ``cpu``, ``cuda``, ``cuda:N``); picks the
-            CPU export (fp32 + int8) or the CUDA export (fp16).
+            CPU export (fp32) or the CUDA export (fp16).
         progress: Show a progress bar while building.
 
     Returns:

