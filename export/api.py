@@ -116,7 +116,7 @@ def export_model(
     from lusifer.export.graph import TRACE_ATTN_IMPLEMENTATION, export_mode, trace_inputs
     from lusifer.export.manifest import build_manifest, sha256_file, variant_info
     from lusifer.export.onnx_export import check_interface, check_weights, remove_tree, resave, trace_to_onnx
-    from lusifer.export.quantize import quantize_int8
+    from lusifer.export.quantize import export_int8
     from lusifer.export.validate import calibration_batches, check_tokenizer_file, torch_reference, validate_graph
 
     started = time.perf_counter()
@@ -158,9 +158,10 @@ def export_model(
             variants["fp16"] = variant_info(staging, fp16_path.name, fp16_files, "fp16", None, parity)
         if quantize == "int8":
             int8_path = staging / VARIANT_FILES["int8"]
-            int8_files, int8_summary = quantize_int8(fp32_path, int8_path, work / "int8", calibration)
-            check_interface(int8_path, config.embedding_dim)
-            parity = validate_graph("int8", int8_path, reference, float(int8_min_cosine))
+            int8_files, int8_summary, parity = export_int8(
+                fp32_path, int8_path, work / "int8", calibration, reference, float(int8_min_cosine),
+                config.embedding_dim,
+            )
             variants["int8"] = variant_info(staging, int8_path.name, int8_files, "fp32", "int8", parity)
         remove_tree(work)
 

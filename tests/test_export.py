@@ -258,24 +258,22 @@ def test_export_folder_is_self_contained_without_torch(fp32_exports, models, tmp
 
 
 
-def test_int8_keeps_matmuls_with_activation_outliers_in_fp32(fp32_exports, models, tmp_path, monkeypatch):
+def test_int8_keeps_matmuls_with_activation_outliers_in_fp32(fp32_exports, models, tmp_path):
     """MatMuls whose input peak-to-RMS ratio exceeds the limit stay fp32; the others are quantised."""
     import lusifer.export.quantize as quantize
+    from lusifer.export.validate import calibration_batches
 
     pair = PAIRS[0]
-    enc = models(pair).tokenize(MULTILINGUAL_TEXTS)
-    calibration = [(enc["input_ids"].numpy(), enc["attention_mask"].numpy())]
-    ratios = quantize.activation_outlier_ratios(fp32_exports[pair] / "model.onnx", calibration)
-    assert len(ratios) > 20 and all(r > 0 for r in ratios.values())
+    plan = quantize.plan_int8(fp32_exports[pair] / "model.onnx", tmp_path / "work", calibration_batches(models(pair)))
+    ratios = plan.ratios
+    assert len(ratios) > 20 and all(r >= 1 for r in ratios.values())  # peak >= RMS
     limit = float(np.median(list(ratios.values())))
-    monkeypatch.setattr(quantize, "OUTLIER_RATIO", limit)
-    files, summary = quantize.quantize_int8(fp32_exports[pair] / "model.onnx", tmp_path / "q.onnx", tmp_path / "work", calibration)
+    files, summary = quantize.quantize_int8(plan, tmp_path / "q.onnx", limit)
     kept = set(summary["kept_fp32"])
-    assert 0 < len(kept) < summary["matmuls"]
+    assert kept == {name for name, r in ratios.items() if r > limit} and 0 < len(kept) < len(ratios)
     nodes = {n.name: n.op_type for n in onnx.load(str(files[0])).graph.node}
     # quantize_dynamic rewrites a Gemm as "<name>_MatMul" + Add; excluded ones stay float MatMuls
-    fp32_ops = {name: nodes.get(name) or nodes.get(f"{name}_MatMul") for name in ratios}
-    assert {name: op for name, op in fp32_ops.items() if name in kept and op not in ("MatMul", "Gemm")} == {}
-    quantized = [name for name in ratios if name not in kept]
-    assert all(op in (None,) for name, op in fp32_ops.items() if name in quantized)  # replaced by *_quant nodes
-    assert sum(op == "MatMulInteger" for op in nodes.values()) == len(quantized)
+    ops = {name: nodes.get(name) or nodes.get(f"{name}_MatMul") for name in ratios}
+    assert all(ops[name] in ("MatMul", "Gemm") for name in kept)
+    assert all(ops[name] is None for name in ratios if name not in kept)  # replaced by quantised nodes
+    assert sum(op == "MatMulInteger" for op in nodes.values()) == len(ratios) - len(kept) == summary["quantized"]

@@ -186,3 +186,27 @@ def test_fp16_graph_on_cuda_matches_pytorch(fp16_export, model):
     want = model.encode(MULTILINGUAL_TEXTS, kind="query", instruction="Find the same sentence", normalize=False)
     assert got.dtype == np.float32
     assert cosines(got, want).min() >= MIN_COSINE["fp16"]
+
+
+def test_int8_keeps_more_matmuls_fp32_until_the_floor_is_met(tiny_factory, tmp_path, monkeypatch):
+    """A first INT8 graph below the floor is replaced by one with more outlier MatMuls kept in fp32."""
+    import lusifer.export.quantize as quantize
+
+    original = quantize.plan_int8
+
+    def plan_then_set_limits(*args, **kwargs):
+        plan = original(*args, **kwargs)
+        ratios = sorted(plan.ratios.values())
+        # attempt 1 quantises everything; attempt 2 only the two MatMuls with the smallest ratios
+        monkeypatch.setattr(quantize, "OUTLIER_RATIOS", (1e9, (ratios[1] + ratios[2]) / 2))
+        return plan
+
+    monkeypatch.setattr(quantize, "plan_int8", plan_then_set_limits)
+    manifest = export_model(tiny_factory("xlm-roberta", "llama"), tmp_path / "export", quantize="int8", int8_min_cosine=0.99999)
+    info = manifest.source["int8_quantization"]
+    first, second = info["attempts"]
+    assert first["kept_fp32"] == 0 and first["min_cosine"] < 0.99999
+    assert second["kept_fp32"] == info["matmuls"] - 2 and second["min_cosine"] >= 0.99999
+    assert info["quantized"] == 2
+    parity = manifest.variants["int8"].parity
+    assert parity["min_cosine"] == second["min_cosine"] and parity["tolerance_min_cosine"] == 0.99999
