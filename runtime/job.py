@@ -149,10 +149,10 @@ def embed_corpus(
         raise ValueError(f"on_null={on_null!r}; expected one of {', '.join(NULL_POLICIES)}")
     out = Path(out)
     previous = check_output(out, resume, overwrite)
-    model_dir = Path(model) if model is not None else resolve_default_model()
     device_kind = resolve_device(device).kind
+    data = open_corpus(corpus, column, on_null)  # corpus errors before any model is built or loaded
+    model_dir = Path(model) if model is not None else resolve_default_model(device, progress)
     batching = _resolve_batching(previous, device_kind, chunk_rows, token_budget, max_batch_rows)
-    data = open_corpus(corpus, column, on_null)
     embedder = Embedder(model_dir, device=device, variant=variant, threads=threads, verify=verify)
     normalize = embedder.manifest.normalize if normalize is None else bool(normalize)
     identity = {

@@ -100,10 +100,14 @@ def test_null_policies_keep_every_row(tiny_export, tmp_path):
             assert not got[1].any()
 
 
-def test_no_model_asks_for_model_option(tmp_path, out):
+def test_no_model_and_no_default_asks_for_model_option(tmp_path, out, monkeypatch):
+    # no cached default model and no trained weights: the default cannot be built, say how to proceed
+    monkeypatch.setenv("LUSIFER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LUSIFER_SMALL_WEIGHTS", str(tmp_path / "no-weights"))
     path = write_parquet(tmp_path / "c.parquet", ["a"])
     result = embed_cli(path, "--out", out)
-    assert_fails(result, "no default model is available yet", "--model EXPORT_DIR")
+    assert_fails(result, "no-weights", "--model EXPORT_DIR")
+    assert_nothing_written(out)
 
 
 def test_cuda_requested_but_unavailable(tiny_export, tmp_path, out, monkeypatch):
