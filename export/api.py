@@ -125,6 +125,11 @@ def export_model(
 
     model = _load_model(model_path)
     config, tokenizer = model.config, model.tokenizer
+    if tokenizer.pad_token_id is None:
+        raise ModelDirError(
+            f"the encoder tokenizer in {str(model_path / ENCODER_DIR)!r} has no pad token; the runtime needs one "
+            "to pad batches"
+        )
     source_tokenizer = model_path / ENCODER_DIR / TOKENIZER_FILE
     check_tokenizer_file(source_tokenizer, tokenizer, config.max_length)
     reference = torch_reference(model)
