@@ -173,7 +173,11 @@ def _run_blocked(code: str, env_extra: dict) -> subprocess.CompletedProcess:
 
 def test_runtime_only_install_gets_install_hint(tmp_path):
     """Without torch (runtime-only install) and no cache, lusifer-embed names the extra and --model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     corpus = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": ["Кошка спит.", "The cat sleeps."]}), corpus)
     code = (
         "from lusifer.runtime.cli import main\n"
         f"main([{str(corpus)!r}, '--out', {str(tmp_path / 'v.npy')!r}, '--device', 'cpu'])\n"
