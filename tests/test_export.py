@@ -40,7 +40,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def fp32_exports(tiny_factory, tmp_path_factory, one_torch_thread):
-    """fp32 exports of the pairs; the first also has an INT8 graph, the last goes through the CLI."""
+    """fp32 exports of the pairs; the first also has an INT8 graph, the last goes through the CLI at opset 17."""
     from click.testing import CliRunner
 
     from lusifer.export.cli import main
@@ -49,7 +49,7 @@ def fp32_exports(tiny_factory, tmp_path_factory, one_torch_thread):
     for i, pair in enumerate(PAIRS):
         target = tmp_path_factory.mktemp("export") / f"{pair[0]}-{pair[1]}"
         if i == len(PAIRS) - 1:
-            result = CliRunner().invoke(main, [str(tiny_factory(*pair)), "--out", str(target)])
+            result = CliRunner().invoke(main, [str(tiny_factory(*pair)), "--out", str(target), "--opset", "17"])
             assert result.exit_code == 0, result.output
             assert "fp32: model.onnx  min cosine" in result.output
         else:
@@ -176,6 +176,14 @@ def test_manifest_lists_every_file_with_matching_checksums(fp32_exports, models)
         assert set(info.parity["per_language"]) == set(LANGUAGES)
         assert info.parity["batch_sizes"] and 2 not in info.parity["batch_sizes"]  # 2 is the traced batch
         assert info.parity["padding_sides"] == ["left", "right"]
+
+
+def test_opset_option_is_honoured(fp32_exports):
+    folder = fp32_exports[PAIRS[-1]]
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert ExportManifest.load(folder).opset == 17
+    assert ExportManifest.load(fp32_exports[PAIRS[0]]).opset == 18  # the default
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
