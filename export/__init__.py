@@ -15,7 +15,6 @@ from lusifer.export.errors import (
 )
 
 __all__ = [
-    "export_model",
     "ExportError",
     "ExportGraphError",
     "ExportOptionError",
@@ -23,4 +22,5 @@ __all__ = [
     "ModelDirError",
     "OutputDirError",
     "UnsupportedArchitectureError",
+    "export_model",
 ]

@@ -18,8 +18,15 @@ from lusifer.export.folders import (
     make_staging,
     move_into_place,
 )
+
 from lusifer.extras import require
-from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE, TOKENIZER_NAME, VARIANT_FILES, ExportManifest
+from lusifer.onnx_interface import (
+    DEFAULT_OPSET,
+    MIN_COSINE,
+    TOKENIZER_NAME,
+    VARIANT_FILES,
+    ExportManifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +120,26 @@ def export_model(
             "model_fp16.onnx for CUDA and model_int8.onnx for CPU. Do not run the INT8 graph on CUDA."
         )
     from lusifer.export.fp16 import convert_to_fp16
-    from lusifer.export.graph import TRACE_ATTN_IMPLEMENTATION, export_mode, trace_inputs
+    from lusifer.export.graph import (
+        TRACE_ATTN_IMPLEMENTATION,
+        export_mode,
+        trace_inputs,
+    )
     from lusifer.export.manifest import build_manifest, sha256_file, variant_info
-    from lusifer.export.onnx_export import check_interface, check_weights, remove_tree, resave, trace_to_onnx
+    from lusifer.export.onnx_export import (
+        check_interface,
+        check_weights,
+        remove_tree,
+        resave,
+        trace_to_onnx,
+    )
     from lusifer.export.quantize import export_int8
-    from lusifer.export.validate import calibration_batches, check_tokenizer_file, torch_reference, validate_graph
+    from lusifer.export.validate import (
+        calibration_batches,
+        check_tokenizer_file,
+        torch_reference,
+        validate_graph,
+    )
 
     started = time.perf_counter()
     logger.info("exporting %s (%s encoder, %s LLM) to %s", model_path, encoder_type, llm_type, target)

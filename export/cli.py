@@ -40,6 +40,7 @@ def main(
     against PyTorch fp32 with ONNX Runtime (CPU) on multilingual texts before the folder is moved into place.
     """
     from lusifer.export.errors import ExportError
+
     from lusifer.extras import MissingExtraError
 
     logging.basicConfig(

@@ -9,8 +9,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lusifer.export.errors import (
+    ModelDirError,
+    OutputDirError,
+    UnsupportedArchitectureError,
+)
+
 from lusifer.backbones import SUPPORTED_DECODERS, SUPPORTED_ENCODERS
-from lusifer.export.errors import ModelDirError, OutputDirError, UnsupportedArchitectureError
 from lusifer.onnx_interface import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ import logging
 import time
 from pathlib import Path
 
-from lusifer.extras import require
 from lusifer.export.onnx_export import save_model
+
+from lusifer.extras import require
 from lusifer.onnx_interface import INPUT_NAMES
 
 logger = logging.getLogger(__name__)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 from lusifer.extras import require
 
 torch = require("torch", "export", purpose="export a LUSIFER model to ONNX")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from lusifer.backbones import set_attention_causal  # noqa: E402
+from lusifer.backbones import set_attention_causal
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
-from lusifer.extras import require
 from lusifer.export.errors import ExportGraphError
+
+from lusifer.extras import require
 from lusifer.onnx_interface import (
     DYNAMIC_AXES,
     EXTERNAL_DATA_THRESHOLD_BYTES,

@@ -28,8 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lusifer.export.errors import ExportError, ExportParityError
+from lusifer.export.onnx_export import (
+    external_data_threshold,
+    initializer_bytes,
+    resave,
+)
+
 from lusifer.extras import require
-from lusifer.export.onnx_export import external_data_threshold, initializer_bytes, resave
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from lusifer.extras import require
 from lusifer.export.errors import ExportError, ExportParityError
 from lusifer.export.validation_texts import validation_items
+
+from lusifer.extras import require
 from lusifer.onnx_interface import INPUT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def parity_figures(candidate: np.ndarray, reference: Reference) -> dict[str, Any
         "max_abs_diff": float(diff.max()),
         "worst_language": str(langs[worst]),
         "per_language": per_language,
-        "num_texts": int(len(cos)),
+        "num_texts": len(cos),
         "batch_sizes": sorted({int(b.input_ids.shape[0]) for b in reference.batches}),
         "padding_sides": sorted({b.padding_side for b in reference.batches}),
         "min_cosine_to_causal_control": float(causal.min()),

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import MULTILINGUAL_TEXTS
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from lusifer import LusiferModel  # noqa: E402
-from lusifer.export import ExportParityError, export_model  # noqa: E402
-from lusifer.export.manifest import sha256_file  # noqa: E402
-from lusifer.onnx_interface import MANIFEST_NAME, MIN_COSINE, ExportManifest  # noqa: E402
+from lusifer.export import ExportParityError, export_model
+from lusifer.export.manifest import sha256_file
+
+from lusifer import LusiferModel
+from lusifer.onnx_interface import MANIFEST_NAME, MIN_COSINE, ExportManifest
 
 PAIR = ("bert", "qwen2")  # Qwen2 has attention biases; BERT has absolute positions from 0
 
@@ -132,7 +132,6 @@ def test_int8_with_fp16_warns(fp16_export):
 
 def test_int8_below_floor_fails_and_leaves_nothing(tiny_factory, tmp_path):
     from click.testing import CliRunner
-
     from lusifer.export.cli import main
 
     target = tmp_path / "export"
@@ -148,7 +147,7 @@ def test_int8_below_floor_fails_and_leaves_nothing(tiny_factory, tmp_path):
 
 def test_parity_error_carries_figures(tiny_factory, tmp_path, monkeypatch):
     """A graph that drifts from PyTorch raises ExportParityError with its figures; a previous export survives."""
-    import lusifer.export.validate as validate
+    from lusifer.export import validate
 
     target = tmp_path / "export"
     target.mkdir()
@@ -190,7 +189,7 @@ def test_fp16_graph_on_cuda_matches_pytorch(fp16_export, model):
 
 def test_int8_keeps_more_matmuls_fp32_until_the_floor_is_met(tiny_factory, tmp_path, monkeypatch):
     """A first INT8 graph below the floor is replaced by one with more outlier MatMuls kept in fp32."""
-    import lusifer.export.quantize as quantize
+    from lusifer.export import quantize
 
     original = quantize.plan_int8
 
