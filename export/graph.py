@@ -14,6 +14,8 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+from lusifer.export.errors import ExportGraphError
+
 from lusifer.extras import require
 
 torch = require("torch", "export", purpose="export a LUSIFER model to ONNX")
@@ -57,7 +59,7 @@ def export_mode(model) -> Iterator[EmbeddingGraph]:
         for m in backbones:
             m.set_attn_implementation(TRACE_ATTN_IMPLEMENTATION)
         if getattr(model.llm.config, "is_causal", True) is not False:
-            raise RuntimeError("the decoder config is still causal after set_attention_causal(False)")
+            raise ExportGraphError("the decoder config is still causal after set_attention_causal(False)")
         yield EmbeddingGraph(model).eval()
     finally:
         for m, impl in zip(backbones, before):
@@ -70,5 +72,5 @@ def trace_inputs(model):
     batch = model.tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
     ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
     if bool(mask.all()):
-        raise RuntimeError("trace inputs must contain padding so that the attention mask is traced")
+        raise ExportGraphError("trace inputs must contain padding so that the attention mask is traced")
     return ids, mask
