@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
+from lusifer.checksums import sha256_file  # noqa: F401  (re-exported)
 from lusifer.extras import require
 from lusifer.onnx_interface import TOKENIZER_NAME, ExportManifest, VariantInfo
-
-_BLOCK = 8 * 1024 * 1024
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_versions() -> dict[str, str]:

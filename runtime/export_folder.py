@@ -8,23 +8,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lusifer.onnx_interface import ExportManifest, ManifestError
 from lusifer.runtime.errors import DeviceError, ExportFolderError
+
+from lusifer.checksums import sha256_file
+from lusifer.onnx_interface import ExportManifest, ManifestError
 
 logger = logging.getLogger(__name__)
 
 # Preferred variants per device, best first. int8 is a CPU-only graph (dynamic quantisation).
 VARIANT_PREFERENCE = {"cuda": ("fp16", "fp32"), "cpu": ("int8", "fp32", "fp16")}
-_HASH_BLOCK = 8 * 1024 * 1024
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ place only once their checksum matches, so the cache never holds a partial or wr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from lusifer.checksums import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -129,18 +130,6 @@ SOURCES: dict[str, Source] = {
 def cache_root(cache_dir: str | os.PathLike | None) -> Path:
     """The cache folder, expanded (``~/.cache/lusifer`` by default)."""
     return Path(os.path.expanduser(str(cache_dir or DEFAULT_CACHE_DIR))).resolve()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> None:

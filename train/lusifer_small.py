@@ -17,7 +17,6 @@ complete, under a file lock, so concurrent or interrupted builds never leave a f
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lusifer.checksums import sha256_file as _sha256
 from lusifer.config import LusiferConfig
 from lusifer.modeling import LusiferModel
 from lusifer.runtime.default_model import (
@@ -60,14 +60,6 @@ OWN_PREFIXES = ("connector.", "projection.")
 # the validation texts, measured 2026-11-25), and the runtime would pick it by default on CPU.
 EXPORT_OPTIONS = {"cpu": {"dtype": "fp32", "quantize": None}, "cuda": {"dtype": "fp16", "quantize": None}}
 BUILD_INFO = "build.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_weight_files(weights: Path, checksums: dict[str, str]) -> dict[str, Path]:

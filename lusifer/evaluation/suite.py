@@ -8,7 +8,6 @@ too). Bitext rows are ``{"sentence1": text in lang, "sentence2": aligned English
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -17,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lusifer.checksums import sha256_file as file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +92,6 @@ class Suite:
             if task.name == name:
                 return task
         raise KeyError(f"suite {str(self.root)!r} has no task named {name!r}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_task_entry(entry: Any, index: int, where: str) -> dict[str, str]:
