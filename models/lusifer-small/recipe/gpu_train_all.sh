@@ -9,7 +9,9 @@ D=/tmp/data
 B=/tmp/base
 O=/tmp/runs
 S1_STEPS=${S1_STEPS:-1200}
-S2_STEPS=${S2_STEPS:-1000}
+S2_STEPS=${S2_STEPS:-300}            # ablation rows
+S2_FULL_STEPS=${S2_FULL_STEPS:-700}  # lusifer-small itself: one epoch of the 89,647 pairs at batch 128
+GC=${GC:-64}                         # GradCache chunk: several runs share one GPU without running out of memory
 mkdir -p $O
 train() { python3 -m lusifer.train "$@"; }
 s1() {  # name, extra --set args...
@@ -18,9 +20,10 @@ s1() {  # name, extra --set args...
     --set "train_files=[$D/stage1_text.jsonl,$D/stage1_qa.jsonl]" --max-steps $S1_STEPS --output-dir $O/$name-s1 --resume "$@"
 }
 s2() {  # name, start model, extra --set args...
-  local name=$1 start=$2; shift 2
+  local name=$1 start=$2 steps=$S2_STEPS; shift 2
+  [ "$name" = full ] && steps=$S2_FULL_STEPS
   train stage2 --config $R/stage2.yaml --set model_path=$start --set "train_files=[$D/stage2_pairs.jsonl]" \
-    --max-steps $S2_STEPS --output-dir $O/$name-s2 --resume "$@" \
+    --set grad_cache_chunk_size=$GC --max-steps $steps --output-dir $O/$name-s2 --resume "$@" \
   && train merge $O/$name-s2 --out $O/$name-merged --device cuda
 }
 full() { s1 full && s2 full $O/full-s1/model; }
@@ -45,6 +48,7 @@ fi
 full > $O/full.log 2>&1 & p1=$!
 frozen > $O/frozenenc.log 2>&1 & p2=$!
 rfonly > $O/rfonly.log 2>&1 & p3=$!
-wait $p2; connonly > $O/connonly.log 2>&1 & p4=$!
-wait $p1 $p3 $p4
+while [ ! -f $O/frozenenc-s1/model/lusifer_config.json ] && kill -0 $p2 2>/dev/null; do sleep 5; done
+connonly > $O/connonly.log 2>&1 & p4=$!
+wait $p1 $p2 $p3 $p4
 touch $O/DONE
