@@ -107,3 +107,42 @@ def decoder_position_ids(attention_mask):
     """Position ids 0..n-1 over the real positions of each row (pads get 0)."""
     mask = attention_mask.long()
     return ((mask.cumsum(-1) - 1).clamp(min=0)) * mask
+
+
+def load_embedding_llm_tokenizer(path: str | os.PathLike):
+    """The LLM's own tokenizer, set up to tokenize texts for the ``llm-only`` architecture.
+
+    Padding and truncation are put on the right (as the encoder tokenizers and the runtime's ``tokenizer.json``
+    do; pooling and position ids depend only on the mask, so the padding side does not change embeddings).
+    A tokenizer without a pad token pads with its EOS token (padding is masked out everywhere).
+
+    Raises:
+        ModelFolderError: the folder has no loadable tokenizer, or it has neither a pad nor an EOS token.
+    """
+    transformers = require("transformers", purpose="load the LLM tokenizer")
+    folder = Path(path)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelFolderError(f"LLM folder {str(folder)!r} has no usable tokenizer: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelFolderError(
+            f"the LLM tokenizer in {str(folder)!r} is not a fast tokenizer (tokenizer.json); the export and "
+            "runtime need one"
+        )
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ModelFolderError(
+                f"the LLM tokenizer in {str(folder)!r} has neither a pad token nor an EOS token to pad with"
+            )
+        logger.info(
+            "the LLM tokenizer in %s has no pad token; padding with its EOS token %r (id %d), which the "
+            "attention mask hides", folder, tokenizer.eos_token, tokenizer.eos_token_id,
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    for side in ("padding_side", "truncation_side"):
+        if getattr(tokenizer, side, "right") != "right":
+            logger.info("LLM tokenizer %s: %s=%r -> 'right' (as the runtime tokenizes)", folder, side,
+                        getattr(tokenizer, side))
+            setattr(tokenizer, side, "right")
+    return tokenizer

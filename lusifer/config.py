@@ -12,6 +12,12 @@ from lusifer.prompts import DEFAULT_DOCUMENT_TEMPLATE, DEFAULT_QUERY_TEMPLATE
 
 POOLINGS = ("mean",)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# "lusifer": multilingual encoder -> connector -> LLM; "llm-only": the LLM reads its own tokenizer's tokens
+# (the English-centric embedder baseline: no encoder, no connector)
+ARCHITECTURES = ("lusifer", "llm-only")
+LLM_ONLY = "llm-only"
+# connector fields: only "lusifer" has a connector, so "llm-only" needs them at their defaults
+_CONNECTOR_DEFAULTS = {"connector_hidden": None, "num_learnable_tokens": 0, "encoder_hidden": None}
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> None:
@@ -37,7 +43,8 @@ class LusiferConfig:
         projection_dim: Output size of the optional Linear-ReLU-Linear projection on the pooled vector;
             ``None`` means no projection (the embedding is the pooled LLM state).
         projection_hidden: Hidden width of the projection; ``None`` uses the LLM hidden size.
-        max_length: Maximum number of encoder tokens per text (longer texts are truncated).
+        max_length: Maximum number of tokens per text (encoder tokens; LLM tokens in ``"llm-only"``); longer
+            texts are truncated.
         query_template: Template for queries, with ``{instruction}`` and ``{text}`` fields.
         document_template: Template for documents, with ``{instruction}`` and ``{text}`` fields.
         default_query_instruction: Instruction used for queries when none is given ("" = none).
@@ -46,6 +53,11 @@ class LusiferConfig:
         normalize: Whether embeddings are L2-normalised by default.
         encoder_hidden: Encoder hidden size; filled in when the model is built.
         llm_hidden: LLM hidden size; filled in when the model is built.
+        extra: Free-form JSON metadata.
+        architecture: ``"lusifer"`` (encoder -> connector -> LLM) or ``"llm-only"`` (the LLM alone reads its
+            own tokenizer's tokens, bidirectionally, mean pooled: the English-centric embedder baseline).
+            ``"llm-only"`` has no encoder and no connector: ``encoder_path`` must be empty and the connector
+            fields (``connector_hidden``, ``num_learnable_tokens``) must keep their defaults.
     """
 
     encoder_path: str = ""
@@ -65,8 +77,13 @@ class LusiferConfig:
     encoder_hidden: int | None = None
     llm_hidden: int | None = None
     extra: dict = field(default_factory=dict)
+    architecture: str = "lusifer"  # last, so positional construction keeps its meaning
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture={self.architecture!r} is not supported; expected one of {', '.join(ARCHITECTURES)}"
+            )
         for name in ("encoder_path", "llm_path", "default_query_instruction", "default_document_instruction"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a string")
@@ -98,8 +115,29 @@ class LusiferConfig:
             raise ValueError(f"normalize={self.normalize!r} must be true or false")
         if not isinstance(self.extra, dict):
             raise ValueError(f"extra={self.extra!r} must be a JSON object")
+        if self.is_llm_only:
+            self._check_llm_only()
+
+    def _check_llm_only(self) -> None:
+        """``llm-only`` has no encoder and no connector: their fields must be empty / at their defaults."""
+        if self.encoder_path:
+            raise ValueError(
+                f"encoder_path={self.encoder_path!r} but architecture='llm-only' has no encoder; "
+                "leave encoder_path empty (the LLM reads its own tokenizer's tokens)"
+            )
+        for name, default in _CONNECTOR_DEFAULTS.items():
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} but architecture='llm-only' has no connector; "
+                    f"leave {name} at {default!r}"
+                )
 
     # ---- derived values -------------------------------------------------------------------------
+    @property
+    def is_llm_only(self) -> bool:
+        """Whether this is the LLM-alone baseline (no encoder, no connector)."""
+        return self.architecture == LLM_ONLY
+
     @property
     def embedding_dim(self) -> int | None:
         """Size of the output embedding, once the LLM hidden size is known."""

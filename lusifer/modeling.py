@@ -1,4 +1,9 @@
-"""`LusiferModel`: multilingual encoder -> connector -> bidirectional decoder LLM -> mean pooling -> projection."""
+"""`LusiferModel`: multilingual encoder -> connector -> bidirectional decoder LLM -> mean pooling -> projection.
+
+The ``llm-only`` architecture (``LusiferConfig.architecture``) is the English-centric embedder baseline: the
+same bidirectional decoder, pooling and projection, fed the LLM's own token embeddings (no encoder, no
+connector).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from lusifer.backbones import (  # noqa: E402
     decoder_position_ids,
     encoder_position_ids,
     load_decoder_lm,
+    load_embedding_llm_tokenizer,
     load_encoder,
 )
 from lusifer.config import LusiferConfig  # noqa: E402
@@ -60,48 +66,76 @@ class LusiferModel(nn.Module):
     and embed texts with :meth:`encode`. Only the encoder's tokenizer is used at embedding time; the LLM is
     fed ``inputs_embeds`` and its LM head is used only by stage-1 training.
 
+    With ``config.architecture == "llm-only"`` there is no encoder and no connector (``encoder`` and
+    ``connector`` are ``None``): ``tokenizer`` is the LLM's own and the LLM's inputs are its token embeddings.
+
     Args:
         config: The model configuration (hidden sizes filled in).
-        encoder: A Hugging Face encoder model (no pooler).
+        encoder: A Hugging Face encoder model (no pooler); ``None`` for ``llm-only``.
         llm: A Hugging Face causal LM whose attention was made bidirectional.
-        tokenizer: The encoder's fast tokenizer.
+        tokenizer: The encoder's fast tokenizer (the LLM's for ``llm-only``).
     """
 
-    def __init__(self, config: LusiferConfig, encoder: nn.Module, llm: nn.Module, tokenizer):
+    def __init__(self, config: LusiferConfig, encoder: nn.Module | None, llm: nn.Module, tokenizer):
         super().__init__()
-        config.encoder_hidden = int(encoder.config.hidden_size)
+        if config.is_llm_only != (encoder is None):
+            raise ValueError(
+                f"architecture={config.architecture!r} "
+                + ("takes no encoder" if config.is_llm_only else "needs an encoder, got None")
+            )
         config.llm_hidden = int(llm.config.hidden_size)
         self.config = config
         self.encoder = encoder
         self.llm = llm
         self.tokenizer = tokenizer
-        self.connector = Connector(
-            config.encoder_hidden,
-            config.connector_hidden or config.llm_hidden,
-            config.llm_hidden,
-            config.num_learnable_tokens,
-        )
+        if config.is_llm_only:
+            self._check_llm_tokenizer(tokenizer, llm)
+            self.connector = None
+        else:
+            config.encoder_hidden = int(encoder.config.hidden_size)
+            self.connector = Connector(
+                config.encoder_hidden,
+                config.connector_hidden or config.llm_hidden,
+                config.llm_hidden,
+                config.num_learnable_tokens,
+            )
         if config.projection_dim is not None:
             self.projection = Projection(
                 config.llm_hidden, config.projection_hidden or config.llm_hidden, config.projection_dim
             )
         else:
             self.projection = None
-        self.connector.to(dtype=next(llm.parameters()).dtype)
+        if self.connector is not None:
+            self.connector.to(dtype=next(llm.parameters()).dtype)
         if self.projection is not None:
             self.projection.to(dtype=next(llm.parameters()).dtype)
+
+    @staticmethod
+    def _check_llm_tokenizer(tokenizer, llm: nn.Module) -> None:
+        """``llm-only`` feeds token ids straight to the LLM's embedding table: every id must have a row."""
+        rows = int(llm.get_input_embeddings().weight.shape[0])
+        if len(tokenizer) > rows:
+            raise ModelFolderError(
+                f"the LLM tokenizer has {len(tokenizer)} tokens but the LLM's embedding table has {rows} rows "
+                f"(pad token {tokenizer.pad_token!r} = id {tokenizer.pad_token_id}); use the tokenizer the LLM "
+                "was trained with"
+            )
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: LusiferConfig, dtype=None) -> "LusiferModel":
-        """Build a fresh model from the base encoder and LLM folders named in ``config``.
+        """Build a fresh model from the base encoder and LLM folders named in ``config`` (the LLM folder only
+        for ``llm-only``).
 
         The connector (and projection) start from random weights (seeded by the caller's torch seed).
         """
         transformers = require("transformers")
-        encoder = load_encoder(config.encoder_path, dtype=dtype)
         llm = load_decoder_lm(config.llm_path, config.attn_implementation, dtype=dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(config.encoder_path)
+        if config.is_llm_only:
+            encoder, tokenizer = None, load_embedding_llm_tokenizer(config.llm_path)
+        else:
+            encoder = load_encoder(config.encoder_path, dtype=dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(config.encoder_path)
         model = cls(config, encoder, llm, tokenizer)
         model._llm_source = str(config.llm_path)
         return model
@@ -117,14 +151,19 @@ class LusiferModel(nn.Module):
         weights_file = folder / WEIGHTS_NAME
         if not folder.is_dir():
             raise ModelFolderError(f"model folder {str(folder)!r} does not exist")
-        for needed in (config_file, weights_file, folder / ENCODER_DIR, folder / LLM_DIR):
+        for needed in (config_file, weights_file, folder / LLM_DIR):
             if not needed.exists():
                 raise ModelFolderError(f"model folder {str(folder)!r} is incomplete: {needed.name} is missing")
         config = LusiferConfig.from_json(config_file)
-        encoder = load_encoder(folder / ENCODER_DIR, dtype=dtype)
+        if not config.is_llm_only and not (folder / ENCODER_DIR).exists():
+            raise ModelFolderError(f"model folder {str(folder)!r} is incomplete: {ENCODER_DIR} is missing")
         llm = load_decoder_lm(folder / LLM_DIR, config.attn_implementation, dtype=dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / ENCODER_DIR)
-        config.encoder_path = str(folder / ENCODER_DIR)
+        if config.is_llm_only:
+            encoder, tokenizer = None, load_embedding_llm_tokenizer(folder / LLM_DIR)
+        else:
+            encoder = load_encoder(folder / ENCODER_DIR, dtype=dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder / ENCODER_DIR)
+            config.encoder_path = str(folder / ENCODER_DIR)
         config.llm_path = str(folder / LLM_DIR)
         model = cls(config, encoder, llm, tokenizer)
         state = load_file(str(weights_file))
@@ -140,14 +179,20 @@ class LusiferModel(nn.Module):
         return model
 
     def own_modules(self) -> nn.ModuleDict:
-        """The LUSIFER-specific modules (connector, projection), saved in ``lusifer.safetensors``."""
-        mods = {"connector": self.connector}
+        """The LUSIFER-specific modules (connector, projection), saved in ``lusifer.safetensors``.
+
+        Empty for an ``llm-only`` model without projection (the file then holds no tensors).
+        """
+        mods = {"connector": self.connector} if self.connector is not None else {}
         if self.projection is not None:
             mods["projection"] = self.projection
         return nn.ModuleDict(mods)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a self-describing folder: config JSON with versions, safetensors weights, tokenizers.
+
+        ``encoder/`` (encoder and its tokenizer) is written only by the ``lusifer`` architecture; ``llm/``
+        holds the LLM and its tokenizer (for ``llm-only``, the tokenizer the model embeds with).
 
         The folder is assembled beside the target and moved into place, so a crash never leaves a
         half-written model folder under the final name.
@@ -158,8 +203,9 @@ class LusiferModel(nn.Module):
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         try:
-            self.encoder.save_pretrained(staging / ENCODER_DIR, safe_serialization=True)
-            self.tokenizer.save_pretrained(staging / ENCODER_DIR)
+            if self.encoder is not None:
+                self.encoder.save_pretrained(staging / ENCODER_DIR, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging / ENCODER_DIR)
             self.llm.save_pretrained(staging / LLM_DIR, safe_serialization=True)
             llm_tokenizer = self.load_llm_tokenizer()
             if llm_tokenizer is not None:
@@ -167,7 +213,8 @@ class LusiferModel(nn.Module):
             state = {k: v.detach().contiguous().cpu() for k, v in self.own_modules().state_dict().items()}
             save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
             saved = LusiferConfig.from_dict(self.config.to_dict())
-            saved.encoder_path, saved.llm_path = ENCODER_DIR, LLM_DIR
+            saved.encoder_path = ENCODER_DIR if self.encoder is not None else ""
+            saved.llm_path = LLM_DIR
             saved.to_json(staging / CONFIG_NAME, _format_version=FORMAT_VERSION, _versions=library_versions())
             if target.exists():
                 shutil.rmtree(target)
@@ -178,8 +225,13 @@ class LusiferModel(nn.Module):
         return target
 
     def load_llm_tokenizer(self):
-        """The LLM's own tokenizer (used by stage-1 training), or ``None`` if the LLM folder has none."""
+        """The LLM's own tokenizer (used by stage-1 training), or ``None`` if the LLM folder has none.
+
+        For ``llm-only`` this is the tokenizer the model embeds with (:attr:`tokenizer`).
+        """
         transformers = require("transformers")
+        if self.config.is_llm_only:
+            return self.tokenizer
         source = getattr(self, "_llm_source", None)
         if source is None:
             return None
@@ -195,7 +247,12 @@ class LusiferModel(nn.Module):
         return self.llm.get_decoder()
 
     def llm_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Encoder + connector: ``(inputs_embeds, attention_mask)`` for the LLM (learnable tokens included)."""
+        """Encoder + connector: ``(inputs_embeds, attention_mask)`` for the LLM (learnable tokens included).
+
+        For ``llm-only``, ``input_ids`` are LLM token ids and this is the LLM's token-embedding lookup.
+        """
+        if self.encoder is None:
+            return self.llm.get_input_embeddings()(input_ids), attention_mask
         position_ids = encoder_position_ids(attention_mask, self.encoder.config)
         states = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
@@ -236,7 +293,7 @@ class LusiferModel(nn.Module):
         )
 
     def tokenize(self, texts: Sequence[str], kind: str = "query", instruction: str | None = None) -> dict:
-        """Format and tokenize texts with the encoder tokenizer (right padding, truncation at max_length)."""
+        """Format and tokenize texts with the model's tokenizer (right padding, truncation at max_length)."""
         return self.tokenizer(
             self.format(texts, kind, instruction),
             padding=True,

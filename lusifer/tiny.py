@@ -184,16 +184,52 @@ def build_tiny_lusifer(
     return model.save_pretrained(out / "model")
 
 
+def build_tiny_llm_only(
+    out_dir: str | os.PathLike,
+    decoder_type: str = "llama",
+    projection_dim: int | None = 16,
+    seed: int = 0,
+    **config_overrides,
+) -> Path:
+    """Build a tiny decoder under ``out_dir/base`` and save a tiny random ``llm-only`` LusiferModel (the LLM
+    alone, reading its own tokens) to ``out_dir/model``.
+
+    Returns:
+        The saved model folder.
+    """
+    torch = require("torch")
+    from lusifer.config import LusiferConfig
+    from lusifer.modeling import LusiferModel
+
+    out = Path(out_dir)
+    dec = build_tiny_decoder(out / "base" / f"llm-{decoder_type}", decoder_type, seed=seed + 1)
+    config = LusiferConfig(
+        architecture="llm-only",
+        llm_path=str(dec),
+        projection_dim=projection_dim,
+        projection_hidden=24 if projection_dim else None,
+        max_length=64,
+        **config_overrides,
+    )
+    torch.manual_seed(seed + 2)
+    model = LusiferModel.from_config(config)
+    return model.save_pretrained(out / "model")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m lusifer.tiny OUT_DIR [--encoder xlm-roberta|bert] [--decoder llama|mistral|qwen2]``."""
+    """``python -m lusifer.tiny OUT_DIR [--encoder xlm-roberta|bert] [--decoder llama|mistral|qwen2] [--llm-only]``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--encoder", default="xlm-roberta", choices=ENCODER_TYPES)
     parser.add_argument("--decoder", default="llama", choices=DECODER_TYPES)
+    parser.add_argument("--llm-only", action="store_true", help="The LLM alone (no encoder, no connector).")
     args = parser.parse_args(argv)
-    print(build_tiny_lusifer(args.out_dir, args.encoder, args.decoder))
+    if args.llm_only:
+        print(build_tiny_llm_only(args.out_dir, args.decoder))
+    else:
+        print(build_tiny_lusifer(args.out_dir, args.encoder, args.decoder))
 
 
 if __name__ == "__main__":

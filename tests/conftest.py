@@ -34,6 +34,26 @@ def tiny_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_llm_only_factory(tmp_path_factory):
+    """Build (once per session) a tiny saved ``llm-only`` LusiferModel (the LLM alone) for a decoder family."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    from lusifer.tiny import build_tiny_llm_only
+
+    cache: dict = {}
+
+    def make(decoder: str = "llama", projection_dim: int | None = 16):
+        key = (decoder, projection_dim)
+        if key not in cache:
+            cache[key] = build_tiny_llm_only(tmp_path_factory.mktemp(f"tiny-llm-only-{decoder}"), decoder,
+                                             projection_dim=projection_dim)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tiny_factory):
     """The default tiny model folder (XLM-R encoder, Llama decoder)."""
     return tiny_factory()
