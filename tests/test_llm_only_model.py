@@ -61,7 +61,8 @@ def test_reads_the_llm_tokens(tiny_llm_only_factory):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         got = model(ids, mask)
-        states = model.decoder(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0) * mask,
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) * mask
+        states = model.decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
                                use_cache=False).last_hidden_state
         expected = model.projection(mean_pool(states, mask))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -90,6 +90,39 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def check_model_fields(stage: str, model: dict, encoder_lora_targets: list[str]) -> LusiferConfig:
+    """Validate the ``model`` mapping of a stage config (``LusiferConfig`` fields of a fresh model).
+
+    The ``lusifer`` architecture needs ``encoder_path`` and ``llm_path``; ``llm-only`` (the LLM alone) needs
+    ``llm_path``, cannot go through stage 1 (no encoder to align) and takes no encoder LoRA.
+    """
+    try:
+        built = LusiferConfig.from_dict(model)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from exc
+    needed = ("llm_path",) if built.is_llm_only else ("encoder_path", "llm_path")
+    for name in needed:
+        if not getattr(built, name):
+            raise ConfigError(f"model.{name} is empty; expected a local model folder")
+    if built.is_llm_only:
+        check_llm_only_stage(stage, encoder_lora_targets, "model.architecture='llm-only'")
+    return built
+
+
+def check_llm_only_stage(stage: str, encoder_lora_targets: list[str], where: str) -> None:
+    """Raise :class:`ConfigError` when an ``llm-only`` model (no encoder) meets a setting that needs one."""
+    if stage == "stage1":
+        raise ConfigError(
+            f"stage 1 aligns the multilingual encoder with the LLM, but {where} has no encoder (nothing to "
+            "align); train the LLM alone with stage 2 directly (lusifer-train stage2 with model: "
+            "{architecture: llm-only, llm_path: ...})"
+        )
+    if encoder_lora_targets:
+        raise ConfigError(
+            f"encoder_lora_targets={encoder_lora_targets} but {where} has no encoder; set encoder_lora_targets=[]"
+        )
+
+
 def _check_range(name: str, value: float | int | None, low: float, high: float | None = None,
                  low_open: bool = False) -> None:
     if value is None:
@@ -290,13 +323,7 @@ class Stage1Config(TrainConfig):
                 f"fields with encoder_path and llm_path); got model_path={self.model_path!r}, model={self.model!r}"
             )
         if self.model:
-            try:
-                built = LusiferConfig.from_dict(self.model)
-            except ValueError as exc:
-                raise ConfigError(f"model: {exc}") from exc
-            for name in ("encoder_path", "llm_path"):
-                if not getattr(built, name):
-                    raise ConfigError(f"model.{name} is empty; expected a local model folder")
+            check_model_fields(self.stage, self.model, self.encoder_lora_targets)
         _check_range("mask_ratio", self.mask_ratio, 0.0, 1.0)
         _check_range("max_target_length", self.max_target_length, 1)
 
@@ -305,8 +332,15 @@ class Stage1Config(TrainConfig):
 class Stage2Config(TrainConfig):
     """Stage 2, representation finetuning: LoRA on LLM and encoder, connector and projection train.
 
+    Exactly one of ``model_path`` and ``model`` names the starting model. An ``llm-only`` model (the LLM
+    alone, ``model: {architecture: llm-only, llm_path: ...}``) trains LoRA on the LLM and the projection
+    only; it needs ``encoder_lora_targets: []``.
+
     Args:
         model_path: The starting ``LusiferModel`` folder (stage 1 writes one to ``OUTPUT_DIR/model``).
+        model: ``LusiferConfig`` fields to build a fresh model from base folders instead (e.g. the LLM alone:
+            ``{architecture: llm-only, llm_path: LLM_DIR}``; a fresh ``lusifer`` model starts with a random
+            connector).
         llm_lora_targets: LLM module names that get LoRA.
         temperature: Softmax temperature of the contrastive loss on cosine similarities.
         num_hard_negatives: Hard negatives drawn per record from its ``negatives`` (fewer if it has fewer).
@@ -317,9 +351,11 @@ class Stage2Config(TrainConfig):
     """
 
     stage: ClassVar[str] = "stage2"
-    path_fields: ClassVar[tuple[str, ...]] = ("output_dir", "train_files", "model_path")
+    path_fields: ClassVar[tuple[str, ...]] = ("output_dir", "train_files", "model_path", "model.encoder_path",
+                                              "model.llm_path")
 
     model_path: str = ""
+    model: dict = field(default_factory=dict)
     llm_lora_targets: list[str] = field(default_factory=lambda: list(LLM_LORA_TARGETS))
     temperature: float = 0.05
     num_hard_negatives: int = 1
@@ -328,8 +364,14 @@ class Stage2Config(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.model_path:
-            raise ConfigError("model_path is empty; expected a saved LusiferModel folder (stage 1's OUTPUT_DIR/model)")
+        if bool(self.model_path) == bool(self.model):
+            raise ConfigError(
+                "stage2 needs exactly one of model_path (a saved LusiferModel folder, e.g. stage 1's "
+                "OUTPUT_DIR/model) and model (LusiferConfig fields of a fresh model, e.g. {architecture: llm-only, "
+                f"llm_path: ...}}); got model_path={self.model_path!r}, model={self.model!r}"
+            )
+        if self.model:
+            check_model_fields(self.stage, self.model, self.encoder_lora_targets)
         _check_range("temperature", self.temperature, 0.0, low_open=True)
         _check_range("num_hard_negatives", self.num_hard_negatives, 0)
         _check_range("grad_cache_chunk_size", self.grad_cache_chunk_size, 1)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from lusifer.config import LusiferConfig
-from lusifer.modeling import LusiferModel
-from lusifer.train.config import TrainConfig
+from lusifer.modeling import CONFIG_NAME, LusiferModel
+from lusifer.train.config import TrainConfig, check_llm_only_stage
 from lusifer.train.lora import apply_lora
 
 logger = logging.getLogger(__name__)
@@ -17,8 +18,24 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def check_starting_architecture(config: TrainConfig) -> None:
+    """Fail before any weights load when the starting model's architecture does not fit the stage.
+
+    ``model`` fields are checked when the config is built; this reads the architecture of a ``model_path``
+    folder (an ``llm-only`` model cannot go through stage 1 and takes no encoder LoRA).
+    """
+    model_path = getattr(config, "model_path", "")
+    config_file = Path(model_path) / CONFIG_NAME
+    if not model_path or not config_file.is_file():
+        return  # a fresh model (checked with the config) or a broken folder (from_pretrained says what is wrong)
+    if LusiferConfig.from_json(config_file).is_llm_only:
+        check_llm_only_stage(config.stage, config.encoder_lora_targets,
+                             f"the starting model {model_path!r} (architecture 'llm-only')")
+
+
 def load_starting_model(config: TrainConfig, dtype: torch.dtype | None = None) -> LusiferModel:
-    """The model a run starts from: a saved folder (``model_path``) or base models (stage 1's ``model``)."""
+    """The model a run starts from: a saved folder (``model_path``) or base models (``model`` fields)."""
+    check_starting_architecture(config)
     dtype = dtype or DTYPES[config.model_dtype]
     model_path = getattr(config, "model_path", "")
     if model_path:
@@ -52,6 +69,8 @@ def prepare_trainable(
 ) -> LusiferModel:
     """Freeze the backbones, add LoRA, and mark the LUSIFER modules trainable (in float32).
 
+    An ``llm-only`` model has no encoder and no connector: only the LLM's LoRA and the projection train.
+
     Args:
         model: The starting model (no LoRA yet).
         config: Stage config (LoRA rank/alpha/dropout, encoder targets, memory options).
@@ -62,15 +81,19 @@ def prepare_trainable(
         The same model, with ``model.encoder`` / ``model.llm`` possibly replaced by ``PeftModel`` wrappers.
     """
     model.requires_grad_(False)
+    if model.encoder is None and config.encoder_lora_targets:
+        check_llm_only_stage(config.stage, config.encoder_lora_targets, "the model (architecture 'llm-only')")
     if config.gradient_checkpointing:
         for backbone in (model.encoder, model.llm):
-            enable_checkpointing(backbone)
+            if backbone is not None:
+                enable_checkpointing(backbone)
     if config.encoder_lora_targets:
         model.encoder = apply_lora(model.encoder, config.encoder_lora_targets, config.lora_r, config.lora_alpha,
                                    config.lora_dropout)
     if llm_lora_targets:
         model.llm = apply_lora(model.llm, llm_lora_targets, config.lora_r, config.lora_alpha, config.lora_dropout)
-    model.connector.requires_grad_(True)
+    if model.connector is not None:
+        model.connector.requires_grad_(True)
     if train_projection and model.projection is not None:
         model.projection.requires_grad_(True)
     for param in model.parameters():

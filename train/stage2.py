@@ -1,6 +1,7 @@
 """Stage 2, representation finetuning: contrastive loss with in-batch and hard negatives.
 
-Trainable: LoRA on the LLM and the encoder, the connector and the projection. The LLM attends
+Trainable: LoRA on the LLM and the encoder, the connector and the projection (an ``llm-only`` model, the LLM
+alone reading its own tokens, has LoRA on the LLM and the projection only). The LLM attends
 bidirectionally and embeddings are mean-pooled, exactly as at embedding time (``LusiferModel.forward``).
 Across processes, embeddings are gathered so every query sees the negatives of the whole global batch;
 each process computes the global loss with gradients flowing into its own slice, so the averaged gradients
