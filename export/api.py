@@ -50,9 +50,12 @@ def check_options(dtype: str, quantize: str | None, opset: int, int8_min_cosine:
 
 
 def _parameter_budget(model) -> int:
-    """Parameters the graph needs: everything but the LLM's token-embedding table and LM head."""
-    skip = {id(p) for p in model.llm.get_input_embeddings().parameters()}
-    modules = [model.encoder, model.connector, model.decoder] + ([model.projection] if model.projection else [])
+    """Parameters the graph needs: everything but the LM head, and but the LLM's token-embedding table unless
+    the model reads LLM tokens (``llm-only``: the graph looks its input ids up in that table)."""
+    llm_only = model.config.is_llm_only
+    skip = set() if llm_only else {id(p) for p in model.llm.get_input_embeddings().parameters()}
+    backbones = [model.decoder] if llm_only else [model.encoder, model.connector, model.decoder]
+    modules = backbones + ([model.projection] if model.projection else [])
     seen: set[int] = set()
     total = 0
     for module in modules:
@@ -89,7 +92,8 @@ def export_model(
 
     The folder holds the graph(s) (``model.onnx`` for fp32, ``model_fp16.onnx`` for fp16, plus
     ``model_int8.onnx`` with ``quantize="int8"``; each with a ``.data`` file when over 2 GB), the encoder's
-    ``tokenizer.json`` and ``manifest.json``. It is assembled in a ``.<name>.partial-*`` folder beside
+    ``tokenizer.json`` (the LLM's for an ``llm-only`` model, whose graph then takes LLM token ids) and
+    ``manifest.json`` (``source.architecture`` names the architecture). It is assembled in a ``.<name>.partial-*`` folder beside
     ``out_dir`` and moved into place only when complete.
 
     Args:
@@ -112,7 +116,7 @@ def export_model(
     check_options(dtype, quantize, opset, int8_min_cosine)
     for module in ("torch", "transformers", "onnx", "onnxruntime"):
         require(module, "export", purpose="export a LUSIFER model to ONNX")
-    model_path, encoder_type, llm_type = check_model_dir(model_dir)
+    model_path, architecture, encoder_type, llm_type, tokenizer_dir = check_model_dir(model_dir)
     target = check_out_dir(out_dir, model_path, overwrite)
     if quantize == "int8" and dtype == "fp16":
         logger.warning(
@@ -142,17 +146,19 @@ def export_model(
     )
 
     started = time.perf_counter()
-    logger.info("exporting %s (%s encoder, %s LLM) to %s", model_path, encoder_type, llm_type, target)
-    from lusifer.modeling import CONFIG_NAME, ENCODER_DIR
+    logger.info("exporting %s (%s architecture: %s encoder, %s LLM) to %s", model_path, architecture,
+                encoder_type or "no", llm_type, target)
+    from lusifer.modeling import CONFIG_NAME
 
     model = _load_model(model_path)
     config, tokenizer = model.config, model.tokenizer
+    tokenizer_name = "LLM" if config.is_llm_only else "encoder"
     if tokenizer.pad_token_id is None:
         raise ModelDirError(
-            f"the encoder tokenizer in {str(model_path / ENCODER_DIR)!r} has no pad token; the runtime needs one "
-            "to pad batches"
+            f"the {tokenizer_name} tokenizer in {str(model_path / tokenizer_dir)!r} has no pad token; the runtime "
+            "needs one to pad batches"
         )
-    source_tokenizer = model_path / ENCODER_DIR / TOKENIZER_FILE
+    source_tokenizer = model_path / tokenizer_dir / TOKENIZER_FILE
     check_tokenizer_file(source_tokenizer, tokenizer, config.max_length)
     reference = torch_reference(model)
     calibration = calibration_batches(model) if quantize == "int8" else []
@@ -171,7 +177,7 @@ def export_model(
         fp32_files = resave(work / "trace" / "model.onnx", fp32_path)
         remove_tree(work / "trace")
         check_interface(fp32_path, config.embedding_dim)
-        check_weights(fp32_path, budget, llm_vocab, llm_hidden)
+        check_weights(fp32_path, budget, llm_vocab, llm_hidden, token_table_needed=config.is_llm_only)
         fp32_parity = validate_graph("fp32", fp32_path, reference, MIN_COSINE["fp32"])
 
         variants = {}
@@ -195,6 +201,7 @@ def export_model(
         shutil.copyfile(source_tokenizer, staging / TOKENIZER_NAME)
         source = {
             "model_dir": str(model_path),
+            "architecture": architecture,
             "encoder_model_type": encoder_type,
             "llm_model_type": llm_type,
             "lusifer_config_sha256": sha256_file(model_path / CONFIG_NAME),

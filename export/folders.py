@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from lusifer.export.errors import (
     ModelDirError,
@@ -16,6 +17,7 @@ from lusifer.export.errors import (
 )
 
 from lusifer.backbones import SUPPORTED_DECODERS, SUPPORTED_ENCODERS
+from lusifer.config import LusiferConfig
 from lusifer.onnx_interface import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
@@ -34,11 +36,25 @@ def _model_type(config_file: Path, what: str) -> str:
     return model_type
 
 
-def check_model_dir(model_dir: str | os.PathLike) -> tuple[Path, str, str]:
+class ModelDirInfo(NamedTuple):
+    """What :func:`check_model_dir` found: the folder, its architecture and backbone families."""
+
+    path: Path
+    architecture: str
+    encoder_type: str | None  # None for ``llm-only`` (no encoder)
+    llm_type: str
+    tokenizer_dir: str  # the sub-folder whose tokenizer.json the model embeds with
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> ModelDirInfo:
     """Check that ``model_dir`` is a complete saved LusiferModel of a supported architecture.
 
+    A ``lusifer`` folder needs ``encoder/`` (the model tokenizes with the encoder's tokenizer); an ``llm-only``
+    folder (the LLM alone) has no encoder and tokenizes with ``llm/tokenizer.json``.
+
     Returns:
-        The resolved folder, the encoder model_type and the LLM model_type.
+        The resolved folder, the architecture, the encoder model_type (``None`` for ``llm-only``), the LLM
+        model_type, and the sub-folder holding the tokenizer.
 
     Raises:
         ModelDirError: The folder is missing or incomplete.
@@ -54,25 +70,24 @@ def check_model_dir(model_dir: str | os.PathLike) -> tuple[Path, str, str]:
         raise ModelDirError(f"model folder {str(folder)!r} does not exist")
     if not folder.is_dir():
         raise ModelDirError(f"model folder {str(folder)!r} is not a folder")
-    needed = [
-        CONFIG_NAME,
-        WEIGHTS_NAME,
-        f"{ENCODER_DIR}/config.json",
-        f"{ENCODER_DIR}/{TOKENIZER_FILE}",
-        f"{LLM_DIR}/config.json",
-    ]
+    architecture = _architecture(folder / CONFIG_NAME)
+    llm_only = LusiferConfig(architecture=architecture).is_llm_only
+    backbones = (LLM_DIR,) if llm_only else (ENCODER_DIR, LLM_DIR)
+    tokenizer_dir = LLM_DIR if llm_only else ENCODER_DIR
+    needed = [CONFIG_NAME, WEIGHTS_NAME] + [f"{sub}/config.json" for sub in backbones]
+    needed.append(f"{tokenizer_dir}/{TOKENIZER_FILE}")
     missing = [name for name in needed if not (folder / name).is_file()]
-    for sub in (ENCODER_DIR, LLM_DIR):
+    for sub in backbones:
         if (folder / sub).is_dir() and not any((folder / sub).glob("*.safetensors")):
             missing.append(f"{sub}/*.safetensors")
     if missing:
         raise ModelDirError(
-            f"model folder {str(folder)!r} is incomplete: missing {', '.join(missing)} "
-            "(expected a folder written by LusiferModel.save_pretrained)"
+            f"model folder {str(folder)!r} ({architecture} architecture) is incomplete: missing "
+            f"{', '.join(missing)} (expected a folder written by LusiferModel.save_pretrained)"
         )
-    encoder_type = _model_type(folder / ENCODER_DIR / "config.json", "encoder")
     llm_type = _model_type(folder / LLM_DIR / "config.json", "LLM")
-    if encoder_type not in SUPPORTED_ENCODERS:
+    encoder_type = None if llm_only else _model_type(folder / ENCODER_DIR / "config.json", "encoder")
+    if encoder_type is not None and encoder_type not in SUPPORTED_ENCODERS:
         raise UnsupportedArchitectureError(
             f"encoder model_type={encoder_type!r} in {str(folder / ENCODER_DIR)!r} is not supported for export; "
             f"expected one of {', '.join(SUPPORTED_ENCODERS)}"
@@ -82,7 +97,17 @@ def check_model_dir(model_dir: str | os.PathLike) -> tuple[Path, str, str]:
             f"LLM model_type={llm_type!r} in {str(folder / LLM_DIR)!r} is not supported for export; "
             f"expected one of {', '.join(SUPPORTED_DECODERS)}"
         )
-    return folder.resolve(), encoder_type, llm_type
+    return ModelDirInfo(folder.resolve(), architecture, encoder_type, llm_type, tokenizer_dir)
+
+
+def _architecture(config_file: Path) -> str:
+    """The ``architecture`` of a saved model's ``lusifer_config.json`` (``"lusifer"`` when it predates the field)."""
+    if not config_file.is_file():
+        return "lusifer"  # reported as a missing file by the caller
+    try:
+        return LusiferConfig.from_json(config_file).architecture
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"model config {str(config_file)!r} cannot be read: {exc}") from exc
 
 
 def _is_within(path: Path, folder: Path) -> bool:

@@ -168,8 +168,9 @@ def _float_values(tensor, float_types) -> int:
     return n
 
 
-def check_weights(path: Path, expected_parameters: int, llm_vocab: int, llm_hidden: int) -> int:
-    """Make sure the graph does not hold the LLM's token-embedding table or LM head.
+def check_weights(path: Path, expected_parameters: int, llm_vocab: int, llm_hidden: int,
+                  token_table_needed: bool = False) -> int:
+    """Make sure the graph does not hold the LLM's LM head, nor its token-embedding table unless it is needed.
 
     Counts the float values stored in the graph (initializers and Constant nodes) and fails when they
     exceed the parameters the embedding needs by a whole vocabulary table.
@@ -177,9 +178,11 @@ def check_weights(path: Path, expected_parameters: int, llm_vocab: int, llm_hidd
     Args:
         path: The fp32 graph.
         expected_parameters: Parameters the graph needs (encoder, connector, decoder layers and norm,
-            projection).
+            projection; plus the token-embedding table when ``token_table_needed``).
         llm_vocab: Vocabulary size of the LLM.
         llm_hidden: Hidden size of the LLM.
+        token_table_needed: The graph takes LLM token ids (``llm-only``), so it holds the token-embedding
+            table once (under either name when the LM head is tied to it); a second table still fails.
 
     Returns:
         The number of float values stored in the graph.
@@ -188,11 +191,15 @@ def check_weights(path: Path, expected_parameters: int, llm_vocab: int, llm_hidd
     model = onnx.load(str(path), load_external_data=False)
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     stored = 0
+    tables = []
     for init in model.graph.initializer:
         stored += _float_values(init, float_types)
         lowered = init.name.lower()
         if "embed_tokens" in lowered or "lm_head" in lowered:
-            raise ExportGraphError(f"the graph holds {init.name!r}: the LLM token table / LM head must not be exported")
+            tables.append(init.name)
+    if len(tables) > (1 if token_table_needed else 0):
+        what = "one token table (no LM head)" if token_table_needed else "no LLM token table / LM head"
+        raise ExportGraphError(f"the graph holds {tables}: it must hold {what}")
     for node in model.graph.node:
         if node.op_type == "Constant":
             stored += sum(_float_values(a.t, float_types) for a in node.attribute if a.name == "value")
