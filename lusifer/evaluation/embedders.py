@@ -2,7 +2,8 @@
 
 - ``export``: an ONNX export folder (``manifest.json``), embedded with :class:`lusifer.runtime.Embedder`
   (no torch needed);
-- ``lusifer``: a saved :class:`lusifer.modeling.LusiferModel` folder (``lusifer_config.json``);
+- ``lusifer``: a saved :class:`lusifer.modeling.LusiferModel` folder (``lusifer_config.json``), of either
+  architecture (``lusifer``, or ``llm-only``: the LLM alone);
 - ``encoder``: a plain Hugging Face encoder folder (BERT / XLM-R family, ``config.json`` + safetensors), mean
   pooled over non-padding tokens and L2-normalised: "the encoder alone" baseline.
 
@@ -122,9 +123,11 @@ class LusiferModelEmbedder:
         config = self.model.config.to_dict()
         for key in ("encoder_path", "llm_path"):
             config.pop(key, None)
+        encoder = self.model.encoder  # None for the llm-only architecture (the LLM alone)
         return {
             "embedding_dim": self.model.config.embedding_dim,
-            "encoder_type": self.model.encoder.config.model_type,
+            "architecture": self.model.config.architecture,
+            "encoder_type": encoder.config.model_type if encoder is not None else None,
             "llm_type": self.model.llm.config.model_type,
             "instructions": "used, with the model's query/document templates",
             "config": config,
