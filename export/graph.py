@@ -5,7 +5,9 @@ KV cache -> mean pooling -> projection). Before tracing, both backbones are swit
 attention kernel, which always applies the explicit (padding-only, bidirectional) mask as an additive
 tensor. SDPA kernels may drop an all-ones mask and fall back to their own ``is_causal`` flag, so a trace
 through SDPA could silently become causal; eager cannot. The decoder is fed ``inputs_embeds``, so its
-token-embedding table and LM head are never touched by the trace and do not enter the graph.
+token-embedding table and LM head are never touched by the trace and do not enter the graph. An ``llm-only``
+model (the LLM alone) takes LLM token ids: its graph starts with the token-embedding lookup, so the table is
+in the graph (once) while the LM head still is not.
 """
 
 from __future__ import annotations

