@@ -298,7 +298,7 @@ def setup_logging(verbose: bool = True) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def fail(exc: BaseException) -> None:
+def fail(exc: object) -> None:
     """Print a benchmark error as one clear line and exit 2."""
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)

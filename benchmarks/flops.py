@@ -45,6 +45,9 @@ def shape_from_model_dir(model_dir: str | Path) -> FlopShape:
     """Read the sizes from a saved LusiferModel folder (``lusifer_config.json``, ``encoder/``, ``llm/``)."""
     folder = Path(model_dir)
     cfg = json.loads((folder / "lusifer_config.json").read_text("utf-8"))
+    if cfg.get("architecture", "lusifer") != "lusifer":
+        raise ValueError(f"{folder}: architecture {cfg['architecture']!r}; the FLOP counter covers the "
+                         "encoder -> connector -> LLM architecture ('lusifer') only")
     enc = json.loads((folder / "encoder" / "config.json").read_text("utf-8"))
     dec = json.loads((folder / "llm" / "config.json").read_text("utf-8"))
     heads = int(dec["num_attention_heads"])
