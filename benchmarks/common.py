@@ -219,6 +219,14 @@ def _git() -> dict[str, Any]:
         return {}
 
 
+def command_line() -> str:
+    """This process's command line as typed: ``python -m benchmarks.<script> ...`` for the scripts here."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.suffix == ".py" and script.resolve().parent == REPO_ROOT / "benchmarks":
+        return shlex.join(["python", "-m", f"benchmarks.{script.stem}", *sys.argv[1:]])
+    return shlex.join(["python", *sys.argv])
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model and cores, memory, GPUs, library versions, git commit, command line, load average, time."""
     from lusifer.runtime.session import physical_cores
@@ -237,7 +245,7 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "versions": _versions(),
         "git": _git(),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "cwd": os.getcwd(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

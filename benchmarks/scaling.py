@@ -8,7 +8,9 @@ command line ``lusifer-embed CORPUS --out OUT.npy --model EXPORT --variant V --d
 as a child process (the ``lusifer.runtime.cli:main`` entry point with this interpreter). Measured: the
 child's wall time and peak RSS (``wait4``: that process alone), and the run's own summary (embedding seconds,
 rows/s, tokens/s, padding) from the output's sidecar. The output is deleted after each size
-(``--keep-outputs`` keeps it; 1M x 576 float32 is 2.3 GB).
+(``--keep-outputs`` keeps it; 1M x 576 float32 is 2.3 GB). Each finished size is recorded in the work
+folder; ``--resume`` reuses those made with the same model, variant, threads and seed (the results mark them),
+so a day-long run can be continued after an interruption.
 
 Targets: seconds per row flat across sizes (the embedding span's seconds per row, largest / smallest, within
 1.10; linear growth means ~1.0) and peak RSS within 10% from 100k to 1M rows.
@@ -17,6 +19,8 @@ Targets: seconds per row flat across sizes (the embedding span's seconds per row
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
 import logging
 from pathlib import Path
 
@@ -56,6 +60,21 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def run_size(args, size: int, work: Path) -> dict:
+    """Measure one size; with ``--resume`` a size finished earlier with the same settings is reused."""
+    record = work / f"size-{size}.json"
+    settings = {"model": args.model, "variant": args.variant, "threads": args.threads, "seed": args.seed}
+    if args.resume and record.is_file():
+        done = json.loads(record.read_text("utf-8"))
+        if done.get("settings") == settings:
+            logger.info("reusing the %d-row measurement of %s (--resume)", size, done["measured_at"])
+            return {**done["result"], "reused_from": done["measured_at"]}
+    result = measure_size(args, size, work)
+    record.write_text(json.dumps({"settings": settings, "measured_at": _dt.datetime.now(_dt.timezone.utc)
+                                  .isoformat(timespec="seconds"), "result": result}, indent=2) + "\n", "utf-8")
+    return result
+
+
+def measure_size(args, size: int, work: Path) -> dict:
     corpus = work / f"corpus-{size}.parquet"
     facts = ensure_corpus(args.suite, corpus, size, args.seed)
     out = work / f"vectors-{size}.npy"
@@ -97,12 +116,13 @@ def targets(sizes: list[dict]) -> list[dict]:
 
 def markdown(doc: dict) -> str:
     rows = [[s["rows"], s["embed_seconds"], s["wall_seconds"], s["rows_per_s"], s["tokens_per_s"],
-             s["seconds_per_1k_rows"], s["peak_rss_mib"], f"{s['padding']:.1%}"] for s in doc["sizes"]]
+             s["seconds_per_1k_rows"], s["peak_rss_mib"], f"{s['padding']:.1%}", s.get("reused_from", "this run")]
+            for s in doc["sizes"]]
     text = (f"# Scaling: lusifer-embed, {doc['variant']} on CPU ({doc['threads']} threads)\n\n"
             f"Model: {doc['model']}. Corpora: the development suite's {doc['sizes'][0]['distinct_texts']} distinct "
             "texts repeated and reshuffled to each size.\n\n")
     text += md_table(["rows", "embed s", "process s", "rows/s", "tokens/s", "s per 1k rows", "peak RSS MiB",
-                      "padding"], rows)
+                      "padding", "measured"], rows)
     text += "\n## Targets\n\n" + md_table(["target", "measured", "pass"],
                                           [[t["what"], t["measured"], "yes" if t["pass"] else "NO"]
                                            for t in doc["targets"]])
@@ -141,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--name", default="scaling", help="results file stem")
     parser.add_argument("--keep-outputs", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse sizes an earlier (interrupted) run finished with the same settings")
     args = parser.parse_args(argv)
     setup_logging()
     try:
