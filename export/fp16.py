@@ -170,6 +170,32 @@ def remove_fp16_round_trips(model) -> int:
     return len(replace)
 
 
+def make_node_names_unique(model) -> int:
+    """Rename nodes whose name repeats (the fp16 converter can add two casts with one name when an output
+    feeds several fp32 consumers); ONNX Runtime >= 1.31 refuses such graphs. Returns how many were renamed."""
+    defined: dict[str, tuple] = {}
+    duplicates = []
+    for node in model.graph.node:  # the same Cast added twice (same input, same output): keep one
+        key = (node.op_type, tuple(node.input), tuple(a.SerializeToString() for a in node.attribute))
+        if any(out in defined and defined[out] == key for out in node.output):
+            duplicates.append(node)
+        for out in node.output:
+            defined.setdefault(out, key)
+    for node in duplicates:
+        model.graph.node.remove(node)
+    seen: set[str] = set()
+    renamed = len(duplicates)
+    for node in model.graph.node:
+        if node.name and node.name in seen:
+            base, i = node.name, 1
+            while f"{base}_{i}" in seen:
+                i += 1
+            node.name = f"{base}_{i}"
+            renamed += 1
+        seen.add(node.name)
+    return renamed
+
+
 def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None) -> list[Path]:
     """Convert the fp32 graph at ``src`` into an fp16 graph at ``dst`` (int64 inputs, float32 output).
 
@@ -202,10 +228,11 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None) -> list[
     finally:
         converter_logger.setLevel(level)
     round_trips = remove_fp16_round_trips(converted)
+    renamed = make_node_names_unique(converted)
     files = save_model(converted, dst, threshold)
     logger.info(
         "converted to fp16 in %.1f s; kept in fp32: %d mask/position/rotary nodes, %d RMSNorm statistics nodes, "
-        "%d pooling/projection nodes (%d fp32 -> fp16 -> fp32 round trips removed)",
-        time.perf_counter() - started, len(keep["control"]), len(keep["rmsnorm"]), len(keep["head"]), round_trips,
+        "%d pooling/projection nodes (%d fp32 -> fp16 -> fp32 round trips removed, %d repeated node names made unique)",
+        time.perf_counter() - started, len(keep["control"]), len(keep["rmsnorm"]), len(keep["head"]), round_trips, renamed,
     )
     return files
