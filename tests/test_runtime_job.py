@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import MULTILINGUAL_TEXTS
@@ -18,7 +20,7 @@ from test_runtime_support import corpus_texts, read_sidecar, write_parquet
 from lusifer.runtime import Embedder, OutputError, embed_corpus
 from lusifer.runtime.batching import plan_batches
 from lusifer.runtime.cli import main
-from lusifer.runtime.corpus import iter_chunks, open_corpus
+from lusifer.runtime.corpus import READ_BUFFER_BYTES, iter_chunks, open_corpus
 
 pytest_plugins = ["test_runtime_support"]  # tiny_export, export_copy fixtures
 
@@ -204,6 +206,28 @@ def test_iter_chunks_resumes_at_chunk_boundaries(tmp_path):
     assert [v for _, c in chunks for v in c] == texts
     for start in (30, 40, 70, 100):
         assert [v for _, c in iter_chunks(corpus, 10, start) for v in c] == texts[start:]
+
+
+@pytest.mark.parametrize("row_group_size", [1000, None])  # many row groups; one row group (pyarrow's default)
+def test_iter_chunks_arrow_memory_does_not_grow_with_the_file(tmp_path, row_group_size):
+    """Streaming holds about one read buffer, not the file: pyarrow's default pre-buffering kept every column
+    chunk read so far (~110 MB at 1M rows), which made peak RSS grow with the corpus."""
+    blob = np.random.default_rng(0).bytes(128 * 40_000).hex()
+    texts = [blob[i : i + 256] for i in range(0, len(blob), 256)]  # 40k rows of 256 random hex chars: ~10 MB
+    path = tmp_path / "c.parquet"
+    table = pa.table({"text": texts, "other": pa.array(np.arange(len(texts)))})
+    pq.write_table(table, path, row_group_size=row_group_size, compression="none")
+    del table
+    corpus = open_corpus(path)
+    base = pa.total_allocated_bytes()
+    peak, seen = 0, []
+    for start, values in iter_chunks(corpus, 2048):
+        peak = max(peak, pa.total_allocated_bytes() - base)
+        seen.append((start, values[0], len(values)))
+    assert [s for s, _, _ in seen] == list(range(0, len(texts), 2048))
+    assert [v for _, v, _ in seen] == texts[::2048] and sum(n for _, _, n in seen) == len(texts)
+    column_bytes = sum(len(t) for t in texts)
+    assert peak < 4 * READ_BUFFER_BYTES < column_bytes / 2, (peak, column_bytes)
 
 
 @pytest.mark.gpu
