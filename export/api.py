@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from lusifer.export.errors import ExportOptionError, ModelDirError
+from lusifer.export.errors import ExportError, ExportOptionError, ModelDirError
 from lusifer.export.folders import (
     TOKENIZER_FILE,
     check_model_dir,
@@ -18,6 +18,7 @@ from lusifer.export.folders import (
     make_staging,
     move_into_place,
 )
+from lusifer.export.quantize import DEFAULT_OUTLIER_SHARE, DEFAULT_SMOOTH_ALPHA, DEFAULT_WEIGHT_TYPE
 
 from lusifer.extras import require
 from lusifer.onnx_interface import (
@@ -35,7 +36,9 @@ QUANTIZATIONS = (None, "int8")
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
 
 
-def check_options(dtype: str, quantize: str | None, opset: int, int8_min_cosine: float) -> None:
+def check_options(
+    dtype: str, quantize: str | None, opset: int, int8_min_cosine: float, int8_options=None
+) -> None:
     """Raise :class:`ExportOptionError` for an unsupported option value."""
     from lusifer.export.onnx_export import MAX_OPSET, MIN_OPSET
 
@@ -47,6 +50,11 @@ def check_options(dtype: str, quantize: str | None, opset: int, int8_min_cosine:
         raise ExportOptionError(f"opset={opset!r} is not supported; expected an integer from {MIN_OPSET} to {MAX_OPSET}")
     if isinstance(int8_min_cosine, bool) or not isinstance(int8_min_cosine, (int, float)) or not 0 < int8_min_cosine <= 1:
         raise ExportOptionError(f"int8_min_cosine={int8_min_cosine!r} must be a number in (0, 1]")
+    if int8_options is not None:
+        try:
+            int8_options.check()
+        except ValueError as exc:
+            raise ExportOptionError(str(exc)) from exc
 
 
 def _parameter_budget(model) -> int:
@@ -87,6 +95,11 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     int8_min_cosine: float = MIN_COSINE["int8"],
+    int8_smooth_alpha: float = DEFAULT_SMOOTH_ALPHA,
+    int8_weight_type: str = DEFAULT_WEIGHT_TYPE,
+    int8_embeddings: bool = True,
+    int8_outlier_share: float = DEFAULT_OUTLIER_SHARE,
+    int8_required: bool = True,
 ) -> ExportManifest:
     """Export a saved LusiferModel to a self-contained ONNX folder and validate every graph.
 
@@ -96,6 +109,10 @@ def export_model(
     ``manifest.json`` (``source.architecture`` names the architecture). It is assembled in a ``.<name>.partial-*`` folder beside
     ``out_dir`` and moved into place only when complete.
 
+    The INT8 graph (:mod:`lusifer.export.quantize`): SmoothQuant, dynamic INT8 MatMuls with each input's
+    largest channels in a small fp32 product, an int8 token table, and, only if that misses
+    ``int8_min_cosine``, the MatMuls whose INT8 form costs most on calibration texts kept in fp32.
+
     Args:
         model_dir: Folder written by ``LusiferModel.save_pretrained`` (LoRA merged).
         out_dir: Export folder to create (outside ``model_dir``).
@@ -104,6 +121,15 @@ def export_model(
         opset: ONNX opset (17 to 20).
         overwrite: Replace an existing export folder at ``out_dir``.
         int8_min_cosine: Lowest acceptable cosine of the INT8 graph to PyTorch fp32.
+        int8_smooth_alpha: SmoothQuant migration strength in [0, 1] (0: no smoothing).
+        int8_weight_type: ``"uint8"`` (8-bit per-column weights) or ``"int8"`` (7-bit; faster u8 x s8
+            kernels on x86, less precise).
+        int8_embeddings: Store the token table (``Gather`` on ``input_ids``) as int8 in the INT8 graph.
+        int8_outlier_share: Fraction of each MatMul input's channels (the largest on the calibration texts)
+            computed in fp32 beside the INT8 product, in [0, 0.5] (0: none).
+        int8_required: With ``False``, an INT8 graph that misses ``int8_min_cosine`` is left out of the
+            export (a warning, and the reason in ``manifest.source["int8_quantization"]``) instead of
+            failing the export.
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -113,7 +139,15 @@ def export_model(
         ExportGraphError: the traced graph breaks the declared interface or holds the LLM's vocabulary tables.
         ExportParityError: a graph differs from PyTorch fp32 beyond its tolerance.
     """
-    check_options(dtype, quantize, opset, int8_min_cosine)
+    from lusifer.export.quantize import Int8Options
+
+    int8_options = Int8Options(
+        smooth_alpha=int8_smooth_alpha, embeddings=int8_embeddings, weight_type=int8_weight_type,
+        outlier_share=int8_outlier_share,
+    )
+    check_options(dtype, quantize, opset, int8_min_cosine, int8_options)
+    if not isinstance(int8_required, bool):
+        raise ExportOptionError(f"int8_required={int8_required!r} must be True or False")
     for module in ("torch", "transformers", "onnx", "onnxruntime"):
         require(module, "export", purpose="export a LUSIFER model to ONNX")
     model_path, architecture, encoder_type, llm_type, tokenizer_dir = check_model_dir(model_dir)
@@ -191,11 +225,19 @@ def export_model(
             variants["fp16"] = variant_info(staging, fp16_path.name, fp16_files, "fp16", None, parity)
         if quantize == "int8":
             int8_path = staging / VARIANT_FILES["int8"]
-            int8_files, int8_summary, parity = export_int8(
-                fp32_path, int8_path, work / "int8", calibration, reference, float(int8_min_cosine),
-                config.embedding_dim,
-            )
-            variants["int8"] = variant_info(staging, int8_path.name, int8_files, "fp32", "int8", parity)
+            try:
+                int8_files, int8_summary, parity = export_int8(
+                    fp32_path, int8_path, work / "int8", calibration, reference, float(int8_min_cosine),
+                    config.embedding_dim, int8_options,
+                )
+                variants["int8"] = variant_info(staging, int8_path.name, int8_files, "fp32", "int8", parity)
+            except ExportError as exc:
+                if int8_required:
+                    raise
+                for stale in staging.glob(VARIANT_FILES["int8"] + "*"):
+                    stale.unlink()
+                int8_summary = {"skipped": f"{type(exc).__name__}: {exc}"}
+                logger.warning("the INT8 graph is left out of this export (int8_required=False): %s", exc)
         remove_tree(work)
 
         shutil.copyfile(source_tokenizer, staging / TOKENIZER_NAME)

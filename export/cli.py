@@ -6,6 +6,9 @@ import logging
 
 import click
 
+from lusifer.export.int8_graph import WEIGHT_TYPES
+from lusifer.export.quantize import DEFAULT_OUTLIER_SHARE, DEFAULT_SMOOTH_ALPHA, DEFAULT_WEIGHT_TYPE
+
 from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE
 
 
@@ -23,6 +26,26 @@ from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE
     "--int8-min-cosine", type=float, default=MIN_COSINE["int8"], show_default=True,
     help="Fail when the INT8 graph's cosine to PyTorch fp32 falls below this on any validation text.",
 )
+@click.option(
+    "--int8-smooth-alpha", type=float, default=DEFAULT_SMOOTH_ALPHA, show_default=True,
+    help="SmoothQuant strength for the INT8 graph (0 to 1; 0 turns smoothing off).",
+)
+@click.option(
+    "--int8-weights", "int8_weight_type", type=click.Choice(list(WEIGHT_TYPES)), default=DEFAULT_WEIGHT_TYPE,
+    show_default=True, help="INT8 weight format: uint8 (8-bit) or int8 (7-bit, faster on x86, less precise).",
+)
+@click.option(
+    "--int8-embeddings/--no-int8-embeddings", default=True, show_default=True,
+    help="Store the token table as int8 (per-row scales) in the INT8 graph.",
+)
+@click.option(
+    "--int8-outlier-share", type=float, default=DEFAULT_OUTLIER_SHARE, show_default=True,
+    help="Fraction of each MatMul input's largest channels computed in fp32 beside the INT8 product (0 to 0.5).",
+)
+@click.option(
+    "--int8-optional", is_flag=True,
+    help="Leave the INT8 graph out (with a warning) instead of failing when it misses --int8-min-cosine.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(
     model_dir: str,
@@ -32,6 +55,11 @@ def main(
     opset: int,
     overwrite: bool,
     int8_min_cosine: float,
+    int8_smooth_alpha: float,
+    int8_weight_type: str,
+    int8_embeddings: bool,
+    int8_outlier_share: float,
+    int8_optional: bool,
     quiet: bool,
 ) -> None:
     """Export a LUSIFER model folder to a self-contained, validated ONNX folder.
@@ -57,6 +85,11 @@ def main(
             opset=opset,
             overwrite=overwrite,
             int8_min_cosine=int8_min_cosine,
+            int8_smooth_alpha=int8_smooth_alpha,
+            int8_weight_type=int8_weight_type,
+            int8_embeddings=int8_embeddings,
+            int8_outlier_share=int8_outlier_share,
+            int8_required=not int8_optional,
         )
     except (ExportError, MissingExtraError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
@@ -65,4 +98,7 @@ def main(
             f"{name}: {info.file}  min cosine {info.parity['min_cosine']:.6f}  "
             f"max abs diff {info.parity['max_abs_diff']:.3g}"
         )
+    skipped = manifest.source.get("int8_quantization", {}).get("skipped")
+    if skipped:
+        click.echo(f"int8: left out ({skipped})")
     click.echo(f"wrote {out_dir}")

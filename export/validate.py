@@ -101,12 +101,33 @@ def build_batches(model) -> list[ValidationBatch]:
     return batches
 
 
-def calibration_batches(model, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Right-padded ``(input_ids, attention_mask)`` batches of the multilingual sample sentences shipped with
-    lusifer, disjoint from the validation texts (used to find INT8 activation outliers)."""
+def calibration_texts(model) -> list[str]:
+    """Formatted calibration texts, disjoint from the validation texts (used to make the INT8 graph).
+
+    The multilingual sample sentences shipped with lusifer as documents, two-word fragments of every other one
+    as queries, and paragraphs of four consecutive sentences as documents, interleaved so that every batch
+    mixes lengths (and padding) as the validation batches do.
+    """
     from lusifer.tiny import sample_texts
 
-    texts = model.format(sample_texts(), kind="document", instruction=None)
+    sentences = sample_texts()
+    documents = model.format(sentences, kind="document")
+    fragments = model.format([" ".join(t.split()[:2]) for t in sentences[::2]], kind="query")
+    paragraphs = model.format([" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)], kind="document")
+    texts: list[str] = []
+    for i, document in enumerate(documents):
+        texts.append(document)
+        if i % 2 == 0 and i // 2 < len(fragments):
+            texts.append(fragments[i // 2])
+        if i % 4 == 3 and i // 4 < len(paragraphs):
+            texts.append(paragraphs[i // 4])
+    used_paragraphs = min(len(paragraphs), len(documents) // 4)
+    return texts + paragraphs[used_paragraphs:]
+
+
+def calibration_batches(model, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Right-padded ``(input_ids, attention_mask)`` batches of :func:`calibration_texts`."""
+    texts = calibration_texts(model)
     batches = []
     for start in range(0, len(texts), batch_size):
         enc = model.tokenizer(

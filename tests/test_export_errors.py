@@ -104,6 +104,11 @@ def test_existing_output_needs_overwrite_and_must_be_an_export(tiny_model_dir, t
         ({"opset": 24}, "opset=24"),
         ({"int8_min_cosine": 1.5}, "int8_min_cosine=1.5"),
         ({"int8_min_cosine": 0}, "int8_min_cosine=0"),
+        ({"int8_smooth_alpha": 1.5}, "smooth_alpha=1.5"),
+        ({"int8_outlier_share": 0.9}, "outlier_share=0.9"),
+        ({"int8_weight_type": "int4"}, "weight_type='int4'"),
+        ({"int8_embeddings": "yes"}, "embeddings='yes'"),
+        ({"int8_required": "no"}, "int8_required='no'"),
     ],
 )
 def test_invalid_options(tiny_model_dir, tmp_path, kwargs, match):
