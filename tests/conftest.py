@@ -69,3 +69,14 @@ MULTILINGUAL_TEXTS = [
     "हर सुबह सात बजे स्टेशन से एक ट्रेन निकलती है।",
     "A",
 ]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread, and the test machine's cores are shared (per module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

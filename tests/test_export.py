@@ -29,13 +29,7 @@ PAIRS = [("xlm-roberta", "llama"), ("bert", "mistral"), ("xlm-roberta", "qwen2")
 INSTRUCTION = "Find the same sentence"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
