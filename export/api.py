@@ -18,7 +18,13 @@ from lusifer.export.folders import (
     make_staging,
     move_into_place,
 )
-from lusifer.export.quantize import DEFAULT_OUTLIER_SHARE, DEFAULT_SMOOTH_ALPHA, DEFAULT_WEIGHT_TYPE
+from lusifer.export.quantize import (
+    DEFAULT_OUTLIER_SHARE,
+    DEFAULT_SMOOTH_ALPHA,
+    DEFAULT_WEIGHT_TYPE,
+    Int8Options,
+    export_int8,
+)
 
 from lusifer.extras import require
 from lusifer.onnx_interface import (
@@ -139,8 +145,6 @@ def export_model(
         ExportGraphError: the traced graph breaks the declared interface or holds the LLM's vocabulary tables.
         ExportParityError: a graph differs from PyTorch fp32 beyond its tolerance.
     """
-    from lusifer.export.quantize import Int8Options
-
     int8_options = Int8Options(
         smooth_alpha=int8_smooth_alpha, embeddings=int8_embeddings, weight_type=int8_weight_type,
         outlier_share=int8_outlier_share,
@@ -171,7 +175,6 @@ def export_model(
         resave,
         trace_to_onnx,
     )
-    from lusifer.export.quantize import export_int8
     from lusifer.export.validate import (
         calibration_batches,
         check_tokenizer_file,

@@ -115,7 +115,7 @@ def _is_text_type(t: pa.DataType) -> bool:
     return any(check(t) for check in checks)
 
 
-def _open_parquet(path: Path) -> pq.ParquetFile:
+def open_parquet(path: Path) -> pq.ParquetFile:
     """Open ``path`` for metadata and streaming reads whose memory does not grow with the file.
 
     Pre-buffering is off and reads are buffered (:data:`READ_BUFFER_BYTES`), so iterating batches holds about
@@ -183,7 +183,7 @@ def open_corpus(spec: str | os.PathLike, column: str = "text", on_null: str = "e
     shards: list[Shard] = []
     null_counts: dict[Path, int] = {}
     for path in find_shards(spec):
-        pf = _open_parquet(path)
+        pf = open_parquet(path)
         schema = pf.schema_arrow
         if column not in schema.names:
             raise CorpusError(
@@ -204,7 +204,7 @@ def open_corpus(spec: str | os.PathLike, column: str = "text", on_null: str = "e
     if total_nulls and on_null == "error":
         where = []
         for path, count in null_counts.items():
-            rows = _null_positions(_open_parquet(path), path, column, _MAX_NULLS_LISTED)
+            rows = _null_positions(open_parquet(path), path, column, _MAX_NULLS_LISTED)
             more = f" and {count - len(rows)} more" if count > len(rows) else ""
             where.append(f"{str(path)!r}: {count} null(s) at row(s) {', '.join(map(str, rows))}{more}")
         raise CorpusError(
@@ -235,7 +235,7 @@ def iter_chunks(corpus: Corpus, chunk_rows: int, start_row: int = 0) -> Iterator
         if shard.rows == 0 or base + shard.rows <= start_row:
             base += shard.rows
             continue
-        pf = _open_parquet(shard.path)
+        pf = open_parquet(shard.path)
         if pf.metadata.num_rows != shard.rows:
             raise CorpusError(f"corpus file {str(shard.path)!r} changed while embedding (row count differs)")
         skip = max(0, start_row - base)

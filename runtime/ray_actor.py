@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from lusifer.runtime.corpus import READ_BUFFER_BYTES
+from lusifer.runtime.corpus import open_parquet
 from lusifer.runtime.embedder import Embedder, l2_normalize
 from lusifer.runtime.errors import CorpusError, ExportFolderError
 
@@ -34,7 +33,7 @@ def read_slice(path: str, column: str, row_groups: list[int], start: int, stop: 
         stop: One past the last row.
     """
     try:
-        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)  # memory: see READ_BUFFER_BYTES
+        pf = open_parquet(Path(path))
         found = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         if found != list(row_groups):
             raise CorpusError(f"corpus file {path!r} changed while embedding (row groups {found}, "
