@@ -114,7 +114,8 @@ def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path
         s = embed_summary(out)
         remove_output(out)
         r = {"rows": s["rows_this_run"], "seconds": s["seconds"], "tokens": s["tokens"],
-             "padded_tokens": s["padded_tokens"], "provider": s["provider"], "variant": s["variant"]}
+             "padded_tokens": s["padded_tokens"], "provider": s["provider"], "variant": s["variant"],
+             "warmup_seconds": s.get("warmup_seconds"), "timing": s.get("timing")}
     elif name == "ort-model-only":
         child = run_child(worker_cmd("ort-batches", "--variant", "fp16", "--plan", "window", *plan_opts), name)
         r = child.result
@@ -174,6 +175,12 @@ def markdown(doc: dict) -> str:
                        f"{r['fraction_of_peak']:.1%}", r["executed_tflops"], r["seconds"], r.get("batches")]
                       for n, r in doc["rows"].items()])
     text += "\n" + "\n".join(f"- {n}: {d}" for n, d in doc["row_descriptions"].items() if n in doc["rows"]) + "\n"
+    embed = doc["rows"].get("lusifer-embed")
+    if embed and embed.get("timing"):
+        t = embed["timing"]
+        text += (f"\nlusifer-embed span {embed['seconds']:.3g} s (after loading and a {embed['warmup_seconds']:.3g} s "
+                 f"warm-up batch): model {t['infer_s']:.3g} s, waiting for tokens {t['wait_tokens_s']:.3g} s, "
+                 f"first batch done at {t['first_batch_s']:.3g} s, last commit {t['tail_s']:.3g} s.\n")
     check = doc.get("flop_check")
     if check:
         text += (f"\nFLOP counter check on one batch {check['batch']}: torch FlopCounterMode "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -109,6 +110,27 @@ class Embedder:
         return DEFAULT_WINDOW_ROWS[self.device.kind]
 
     # ---- steps ---------------------------------------------------------------------------------
+    def warmup(self, token_budget: int | None = None, max_batch_rows: int | None = None) -> float:
+        """Run one full-size batch so the first real batch does not pay for device set-up.
+
+        On CUDA, ONNX Runtime creates its cuBLAS/cuDNN handles, loads kernels and grows its memory arena on
+        the first runs; a corpus job calls this while loading (as benchmarks warm up before timing). The batch
+        is ``token_budget`` padded tokens at the longest length a batch can have (``max_length``).
+
+        Returns:
+            Seconds spent.
+        """
+        budget = token_budget or self.default_token_budget
+        seq = max(1, min(self.max_length, budget))
+        rows = max(1, min(max_batch_rows or DEFAULT_MAX_BATCH_ROWS, budget // seq))
+        input_ids = np.full((rows, seq), self.manifest.pad_token_id, dtype=np.int64)
+        attention_mask = np.ones((rows, seq), dtype=np.int64)
+        t0 = time.perf_counter()
+        self.runner(input_ids, attention_mask)
+        seconds = time.perf_counter() - t0
+        logger.debug("warm-up batch [%d, %d] took %.3f s", rows, seq, seconds)
+        return seconds
+
     def tokenize(self, texts: Sequence[str], kind: str = "query", instruction: str | None = None) -> TokenizedTexts:
         """Format and tokenise texts (see :class:`~lusifer.runtime.tokenize.TextTokenizer`)."""
         return self.tokenizer.encode(texts, kind, instruction)

@@ -50,6 +50,8 @@ class EmbedSummary:
     token_budget: int
     max_batch_rows: int
     already_complete: bool = False
+    warmup_seconds: float = 0.0
+    timing: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,10 +62,18 @@ class EmbedSummary:
             return f"{self.output} is already complete ({self.rows} rows x {self.dim}); nothing to do"
         padding = 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
         resumed = f", resumed at row {self.resumed_from}" if self.resumed_from else ""
+        t = self.timing or {}
+        where = ""
+        if t:
+            where = (f"of which model {t['infer_s']:.1f} s, waiting for tokens {t['wait_tokens_s']:.1f} s, "
+                     f"last commit {t['tail_s']:.1f} s")
+            if self.warmup_seconds:
+                where += f" (warm-up before: {self.warmup_seconds:.1f} s)"
+            where += "\n"
         return (
             f"wrote {self.output}: {self.rows} rows x {self.dim} {self.dtype}{resumed}\n"
             f"{self.rows_this_run} rows in {self.seconds:.1f} s: {self.rows_per_s:.1f} rows/s, "
-            f"{self.tokens_per_s:.0f} tokens/s (padding {padding:.1%})\n"
+            f"{self.tokens_per_s:.0f} tokens/s (padding {padding:.1%})\n{where}"
             f"truncated at max length: {self.truncated} row(s); null rows: {self.null_rows}\n"
             f"device {self.device} ({self.provider}, {self.threads} thread(s)), variant {self.variant}"
         )
@@ -191,6 +201,9 @@ def embed_corpus(
         if writer.sidecar.get("status") != "complete":  # killed between the final rename and the sidecar update
             writer.finalize({**summary.to_dict(), "already_complete": False})
         return summary
+    warmup_seconds = 0.0
+    if embedder.device.kind == "cuda":  # device set-up belongs to loading, not to the first batch
+        warmup_seconds = embedder.warmup(batching["token_budget"], batching["max_batch_rows"])
     counters = run_pipeline(data, embedder, writer, kind, instruction, normalize, dtype, batching, start_row, progress)
     p = writer.progress
     seconds = counters["seconds"]
@@ -199,7 +212,7 @@ def embed_corpus(
         rows_per_s=round(counters["rows"] / seconds, 2) if seconds else 0.0,
         tokens_per_s=round(counters["tokens"] / seconds, 1) if seconds else 0.0,
         tokens=p["tokens"], padded_tokens=p["padded_tokens"], truncated=p["truncated"], null_rows=p["null_rows"],
-        **base,
+        warmup_seconds=round(warmup_seconds, 4), timing=counters["timing"], **base,
     )
     writer.finalize(summary.to_dict())
     logger.info("%s", summary.format())

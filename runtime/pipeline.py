@@ -113,6 +113,9 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
     writer_thread = threading.Thread(target=_write, name="lusifer-writer", daemon=True,
                                      args=(writer, blocks_q, write_failure))
     counters = {"rows": 0, "tokens": 0, "padded": 0}
+    # where the span goes (inference thread): running batches, waiting for tokens, and the tail after the
+    # last batch (committing the last chunk); first_batch_s = start to the first finished batch
+    timing = {"infer_s": 0.0, "wait_tokens_s": 0.0, "tail_s": 0.0, "first_batch_s": None}
     t0 = time.perf_counter()
     bar = tqdm(total=data.rows, initial=start_row, unit="row", desc="embed", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
@@ -124,6 +127,8 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
         counters["padded"] += padded
         bar.update(rows)
         now = time.perf_counter()
+        if timing["first_batch_s"] is None:
+            timing["first_batch_s"] = now - t0
         if now - last_postfix[0] > 0.5:
             last_postfix[0] = now
             bar.set_postfix(tok_s=f"{counters['tokens'] / max(now - t0, 1e-9):.0f}", refresh=False)
@@ -135,16 +140,21 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
         while True:
             if write_failure:
                 raise write_failure[0]
+            t_wait = time.perf_counter()
             try:
                 item = tokens_q.get(timeout=_POLL_S)
             except queue.Empty:
+                timing["wait_tokens_s"] += time.perf_counter() - t_wait
                 continue
+            timing["wait_tokens_s"] += time.perf_counter() - t_wait
             if item is _DONE:
                 break
             if isinstance(item, _Failure):
                 raise item.exc
             tokens_before, padded_before = counters["tokens"], counters["padded"]
+            t_infer = time.perf_counter()
             emb = embedder.embed_tokens(item.tokens, batching["token_budget"], batching["max_batch_rows"], on_batch)
+            timing["infer_s"] += time.perf_counter() - t_infer
             if item.keep is not None:
                 block = np.zeros((item.rows, embedder.dim), dtype=np.float32)
                 block[item.keep] = emb
@@ -171,8 +181,10 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
             }
             if not _put(blocks_q, (item.start, block, stats, run_update), stop):
                 break
+        t_tail = time.perf_counter()
         blocks_q.put(_DONE)
         writer_thread.join()
+        timing["tail_s"] = time.perf_counter() - t_tail
         if write_failure:
             raise write_failure[0]
     finally:
@@ -188,4 +200,5 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
             writer_thread.join()
         bar.close()
     counters["seconds"] = time.perf_counter() - t0
+    counters["timing"] = {k: (None if v is None else round(v, 4)) for k, v in timing.items()}
     return counters

@@ -63,6 +63,21 @@ def test_iter_embed_streams_an_iterable_in_order(embedder):
     np.testing.assert_allclose(np.concatenate(blocks), embedder.embed(texts, kind="document"), atol=1e-6)
 
 
+def test_warmup_runs_one_full_budget_batch(embedder, monkeypatch):
+    shapes = []
+    real = embedder.runner
+
+    def spy(input_ids, attention_mask):
+        shapes.append(input_ids.shape)
+        return real(input_ids, attention_mask)
+
+    monkeypatch.setattr(embedder, "runner", spy)
+    seconds = embedder.warmup(token_budget=4 * embedder.max_length, max_batch_rows=3)
+    assert seconds > 0 and shapes == [(3, embedder.max_length)]
+    embedder.warmup(token_budget=5)  # a budget below max_length: one row of the budget's length
+    assert shapes[-1] == (1, 5)
+
+
 def test_embed_rejects_non_strings(embedder):
     with pytest.raises(ValueError, match=r"texts\[1\] is None"):
         embedder.embed(["ok", None])
