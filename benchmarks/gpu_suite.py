@@ -180,7 +180,8 @@ def markdown(doc: dict) -> str:
         t = embed["timing"]
         text += (f"\nlusifer-embed span {embed['seconds']:.3g} s (after loading and a {embed['warmup_seconds']:.3g} s "
                  f"warm-up batch): model {t['infer_s']:.3g} s, waiting for tokens {t['wait_tokens_s']:.3g} s, "
-                 f"first batch done at {t['first_batch_s']:.3g} s, last commit {t['tail_s']:.3g} s.\n")
+                 f"handing to the writer {t.get('handoff_s', 0):.3g} s, first batch done at {t['first_batch_s']:.3g} s, "
+                 f"last commit {t['tail_s']:.3g} s.\n")
     check = doc.get("flop_check")
     if check:
         text += (f"\nFLOP counter check on one batch {check['batch']}: torch FlopCounterMode "

@@ -66,7 +66,7 @@ class EmbedSummary:
         where = ""
         if t:
             where = (f"of which model {t['infer_s']:.1f} s, waiting for tokens {t['wait_tokens_s']:.1f} s, "
-                     f"last commit {t['tail_s']:.1f} s")
+                     f"handing to the writer {t['handoff_s']:.1f} s, last commit {t['tail_s']:.1f} s")
             if self.warmup_seconds:
                 where += f" (warm-up before: {self.warmup_seconds:.1f} s)"
             where += "\n"

@@ -114,8 +114,9 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
                                      args=(writer, blocks_q, write_failure))
     counters = {"rows": 0, "tokens": 0, "padded": 0}
     # where the span goes (inference thread): running batches, waiting for tokens, and the tail after the
-    # last batch (committing the last chunk); first_batch_s = start to the first finished batch
-    timing = {"infer_s": 0.0, "wait_tokens_s": 0.0, "tail_s": 0.0, "first_batch_s": None}
+    # last batch (committing the last chunk); handoff_s = blocked handing finished chunks to the writer;
+    # first_batch_s = start to the first finished batch
+    timing = {"infer_s": 0.0, "wait_tokens_s": 0.0, "handoff_s": 0.0, "tail_s": 0.0, "first_batch_s": None}
     t0 = time.perf_counter()
     bar = tqdm(total=data.rows, initial=start_row, unit="row", desc="embed", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
@@ -179,7 +180,10 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
                 "rows_per_s": round(counters["rows"] / elapsed, 2) if elapsed else 0.0,
                 "tokens_per_s": round(counters["tokens"] / elapsed, 1) if elapsed else 0.0,
             }
-            if not _put(blocks_q, (item.start, block, stats, run_update), stop):
+            t_handoff = time.perf_counter()
+            handed = _put(blocks_q, (item.start, block, stats, run_update), stop)
+            timing["handoff_s"] += time.perf_counter() - t_handoff
+            if not handed:
                 break
         t_tail = time.perf_counter()
         blocks_q.put(_DONE)
