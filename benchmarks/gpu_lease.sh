@@ -30,11 +30,13 @@ case "${1:-}" in
     df -h /tmp | tail -1; free -g | head -2 ;;
   small)
     python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
-      --corpus $C/gpu-20k.parquet --work-dir $W/gpu --repeats 1 --out-dir "$OUT" &&
-    [ -f $C/gpu-200k.parquet ] && python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
-      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only --repeats 2 \
-      --name gpu_small_200k --out-dir "$OUT"
-    cp $W/small/export-fp16.json "$OUT/" 2>/dev/null; true ;;
+      --corpus $C/gpu-20k.parquet --work-dir $W/gpu --repeats 1 --out-dir "$OUT" || exit
+    cp $W/small/export-fp16.json "$OUT/"
+    if [ -f $C/gpu-200k.parquet ]; then
+      python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
+        --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only --repeats 2 \
+        --name gpu_small_200k --out-dir "$OUT"
+    fi ;;
   paper)
     python3 -m benchmarks.gpu_suite "${paper_args[@]}" --repeats 1 --out-dir "$OUT" ;;
   *) echo "usage: $0 prepare|wait|small|paper" >&2; exit 2 ;;

@@ -145,9 +145,10 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
             try:
                 item = tokens_q.get(timeout=_POLL_S)
             except queue.Empty:
-                timing["wait_tokens_s"] += time.perf_counter() - t_wait
-                continue
+                item = None
             timing["wait_tokens_s"] += time.perf_counter() - t_wait
+            if item is None:
+                continue
             if item is _DONE:
                 break
             if isinstance(item, _Failure):
