@@ -3,11 +3,14 @@
 # the source, with benchmarks/corpus when carried, to /tmp/src and installs onnxruntime-gpu into /tmp/site).
 #   gpu_lease.sh prepare  start, detached, lusifer-small's merge + fp16 export and the paper-shape random model's
 #                         build + fp16 export (CPU-bound, side by side); markers /tmp/work/{SMALL,PAPER}_DONE
-#   gpu_lease.sh wait     wait up to 9 minutes for both markers; print the logs' tails
+#   gpu_lease.sh prepare-small   the lusifer-small half of prepare only
+#   gpu_lease.sh wait     wait up to 9 minutes for the markers of what was started; print the logs' tails
 #   gpu_lease.sh small    lusifer-small: the four rows on 20k rows, then lusifer-embed vs model-only on 200k rows
 #                         (when gpu-200k.parquet was carried)
 #   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows
-# Results go to $OUT (gpu_small, gpu_small_200k, gpu_paper .json/.md). Corpora: benchmarks/README.md.
+#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only and lusifer-embed with Python's
+#                         default thread switch interval, E2E_REPEATS rounds (default 3) in turn
+# Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
 set -uo pipefail
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 W=/tmp/work
@@ -16,17 +19,27 @@ L=${PAPER_LAYERS:-8}
 cd /tmp/src
 paper_args=(--shape paper --decoder-layers "$L" --tokenizer /tmp/base/encoder-me5-small --corpus $C/gpu-20k.parquet
             --work-dir $W/gpu)
+prepare_small() {
+  mkdir -p $W && echo small >> $W/STARTED
+  setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16; \
+    echo \$? > $W/SMALL_DONE" > $W/small_prepare.log 2>&1 < /dev/null &
+}
 case "${1:-}" in
   prepare)
-    mkdir -p $W
-    setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16; \
-      echo \$? > $W/SMALL_DONE" > $W/small_prepare.log 2>&1 < /dev/null &
+    prepare_small
+    echo paper >> $W/STARTED
     setsid nohup bash -c "python3 -m benchmarks.gpu_suite ${paper_args[*]} --prepare-only; echo \$? > $W/PAPER_DONE" \
       > $W/paper_prepare.log 2>&1 < /dev/null &
     sleep 2; echo launched ;;
+  prepare-small)
+    prepare_small; sleep 2; echo launched ;;
   wait)
-    for _ in $(seq 108); do [ -f $W/SMALL_DONE ] && [ -f $W/PAPER_DONE ] && break; sleep 5; done
-    for f in small paper; do echo "== $f: exit $(cat $W/${f^^}_DONE 2>/dev/null || echo running)"; tail -c 1500 $W/${f}_prepare.log; echo; done
+    started=$(sort -u $W/STARTED 2>/dev/null)
+    for _ in $(seq 108); do
+      left=0; for f in $started; do [ -f $W/${f^^}_DONE ] || left=1; done
+      [ $left = 0 ] && break; sleep 5
+    done
+    for f in $started; do echo "== $f: exit $(cat $W/${f^^}_DONE 2>/dev/null || echo running)"; tail -c 1500 $W/${f}_prepare.log; echo; done
     df -h /tmp | tail -1; free -g | head -2 ;;
   small)
     python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
@@ -39,5 +52,9 @@ case "${1:-}" in
     fi ;;
   paper)
     python3 -m benchmarks.gpu_suite "${paper_args[@]}" --repeats 1 --out-dir "$OUT" ;;
-  *) echo "usage: $0 prepare|wait|small|paper" >&2; exit 2 ;;
+  e2e)
+    python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
+      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only,lusifer-embed-switch-5ms \
+      --repeats "${E2E_REPEATS:-3}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
+  *) echo "usage: $0 prepare|prepare-small|wait|small|paper|e2e" >&2; exit 2 ;;
 esac

@@ -60,12 +60,16 @@ def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int) -> list[
 
 
 def make_batch(tokens: TokenizedTexts, positions: np.ndarray, pad_token_id: int) -> Batch:
-    """Pad the texts at ``positions`` into one right-padded batch."""
+    """Pad the texts at ``positions`` into one right-padded batch (vectorised: no per-row Python loop)."""
+    positions = np.asarray(positions, dtype=np.int64)
     lengths = tokens.lengths[positions]
     seq = max(int(lengths.max()), 1)
+    real = np.arange(seq, dtype=np.int64)[None, :] < lengths[:, None]
+    # right padding: the real cells, read row by row, are the rows' ids laid end to end
+    starts = tokens.offsets[positions]
+    before = np.cumsum(lengths) - lengths
+    index = np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
     input_ids = np.full((len(positions), seq), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros((len(positions), seq), dtype=np.int64)
-    for r, (pos, length) in enumerate(zip(positions, lengths)):
-        input_ids[r, :length] = tokens.row(int(pos))
-        attention_mask[r, :length] = 1
-    return Batch(positions=np.asarray(positions), input_ids=input_ids, attention_mask=attention_mask)
+    input_ids[real] = tokens.ids[index]
+    attention_mask = real.astype(np.int64)
+    return Batch(positions=positions, input_ids=input_ids, attention_mask=attention_mask)

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from lusifer.runtime.batching import make_batch, plan_batches
+from lusifer.runtime.batching import Batch, make_batch, plan_batches
 from lusifer.runtime.errors import EmbedError, ExportFolderError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.session import GraphRunner, create_session, resolve_device
@@ -135,6 +135,56 @@ class Embedder:
         """Format and tokenise texts (see :class:`~lusifer.runtime.tokenize.TextTokenizer`)."""
         return self.tokenizer.encode(texts, kind, instruction)
 
+    def make_batches(
+        self, tokens: TokenizedTexts, token_budget: int | None = None, max_batch_rows: int | None = None
+    ) -> list[Batch]:
+        """Length-sorted token-budget batches of tokenised texts, padded and ready for :meth:`run_batches`.
+
+        A corpus job builds them on its reader thread, so that the inference thread only runs the graph.
+
+        Args:
+            tokens: Tokenised texts.
+            token_budget: Most padded tokens per forward pass (default by device).
+            max_batch_rows: Most rows per forward pass.
+        """
+        budget = token_budget or self.default_token_budget
+        max_rows = max_batch_rows or DEFAULT_MAX_BATCH_ROWS
+        pad = self.manifest.pad_token_id
+        return [make_batch(tokens, positions, pad) for positions in plan_batches(tokens.lengths, budget, max_rows)]
+
+    def run_batches(
+        self, batches: Sequence[Batch], rows: int, on_batch: Callable[[int, int, int], None] | None = None
+    ) -> np.ndarray:
+        """Run the graph over batches from :meth:`make_batches`.
+
+        Args:
+            batches: The batches; their positions together cover ``range(rows)`` once.
+            rows: Number of texts the batches came from.
+            on_batch: Called after each batch with ``(rows, real_tokens, padded_tokens)``.
+
+        Returns:
+            float32 ``(rows, dim)`` in the input order, NOT normalised.
+        """
+        out = np.empty((rows, self.dim), dtype=np.float32)
+        for batch in batches:
+            positions = batch.positions
+            emb = self.runner(batch.input_ids, batch.attention_mask)
+            if emb.shape != (len(positions), self.dim):
+                raise ExportFolderError(
+                    f"graph returned shape {emb.shape}; manifest says embedding_dim={self.dim} for "
+                    f"{len(positions)} rows"
+                )
+            bad = ~np.isfinite(emb).all(axis=1)
+            if bad.any():
+                raise EmbedError(
+                    f"the {self.variant!r} graph produced non-finite embeddings for {int(bad.sum())} of "
+                    f"{len(positions)} rows of a batch (e.g. fp16 overflow); try --variant fp32"
+                )
+            out[positions] = emb
+            if on_batch is not None:
+                on_batch(len(positions), batch.real_tokens, batch.padded_tokens)
+        return out
+
     def embed_tokens(
         self,
         tokens: TokenizedTexts,
@@ -153,27 +203,7 @@ class Embedder:
         Returns:
             float32 ``(len(tokens), dim)`` in the input order, NOT normalised.
         """
-        budget = token_budget or self.default_token_budget
-        max_rows = max_batch_rows or DEFAULT_MAX_BATCH_ROWS
-        out = np.empty((len(tokens), self.dim), dtype=np.float32)
-        for positions in plan_batches(tokens.lengths, budget, max_rows):
-            batch = make_batch(tokens, positions, self.manifest.pad_token_id)
-            emb = self.runner(batch.input_ids, batch.attention_mask)
-            if emb.shape != (len(positions), self.dim):
-                raise ExportFolderError(
-                    f"graph returned shape {emb.shape}; manifest says embedding_dim={self.dim} for "
-                    f"{len(positions)} rows"
-                )
-            bad = ~np.isfinite(emb).all(axis=1)
-            if bad.any():
-                raise EmbedError(
-                    f"the {self.variant!r} graph produced non-finite embeddings for {int(bad.sum())} of "
-                    f"{len(positions)} rows of a batch (e.g. fp16 overflow); try --variant fp32"
-                )
-            out[positions] = emb
-            if on_batch is not None:
-                on_batch(len(positions), batch.real_tokens, batch.padded_tokens)
-        return out
+        return self.run_batches(self.make_batches(tokens, token_budget, max_batch_rows), len(tokens), on_batch)
 
     # ---- text API ------------------------------------------------------------------------------
     def embed(

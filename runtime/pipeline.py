@@ -1,15 +1,18 @@
 """The three overlapped stages of a corpus job: read + tokenise, infer, write.
 
-A reader thread streams the text column and tokenises chunks (Rust ``encode_batch``, GIL released), the
-calling thread runs the graph on length-sorted token-budget batches (ONNX Runtime releases the GIL too), and
-a writer thread puts finished chunks into the memory-mapped output and commits them in order. Queues of
+A reader thread streams the text column, tokenises chunks (Rust ``encode_batch``, GIL released) and pads
+them into length-sorted token-budget batches; the calling thread only runs the graph on those batches (ONNX
+Runtime releases the GIL too), and a writer thread puts finished chunks into the memory-mapped output and
+commits them in order. Queues of
 two chunks between the stages bound memory whatever the corpus size. An error in any stage stops the
 others; chunks already computed are still committed, so the output stays resumable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +27,10 @@ from lusifer.runtime.writer import VectorWriter
 
 _QUEUE_CHUNKS = 2  # chunks waiting between stages
 _POLL_S = 0.1
+# While a job runs, a thread waiting for the GIL asks for it after this long instead of Python's default 5 ms.
+# The inference thread wants the GIL back each time ONNX Runtime returns; with the default it could wait up to
+# 5 ms per batch while the reader thread runs Python code (arrow -> str, prompt formatting, ids -> numpy).
+_GIL_SWITCH_S = 0.0005
 
 
 @dataclass
@@ -32,6 +39,7 @@ class _Chunk:
     rows: int
     keep: np.ndarray | None  # positions of non-null rows when nulls become zero vectors
     tokens: Any
+    batches: list
     null_rows: int
 
 
@@ -54,11 +62,11 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _read_and_tokenize(corpus: Corpus, embedder: Embedder, kind: str, instruction: str | None, chunk_rows: int,
+def _read_and_tokenize(corpus: Corpus, embedder: Embedder, kind: str, instruction: str | None, batching: dict,
                        start_row: int, out_q: queue.Queue, stop: threading.Event) -> None:
-    """Reader stage: stream chunks, apply the null policy, tokenise, queue."""
+    """Reader stage: stream chunks, apply the null policy, tokenise, make the padded batches, queue."""
     try:
-        for start, values in iter_chunks(corpus, chunk_rows, start_row):
+        for start, values in iter_chunks(corpus, batching["chunk_rows"], start_row):
             if stop.is_set():
                 return
             nulls = [i for i, v in enumerate(values) if v is None]
@@ -76,7 +84,8 @@ def _read_and_tokenize(corpus: Corpus, embedder: Embedder, kind: str, instructio
                     keep = np.array([i for i, v in enumerate(values) if v is not None], dtype=np.int64)
                     texts = [values[i] for i in keep]
             tokens = embedder.tokenize(texts, kind, instruction)
-            if not _put(out_q, _Chunk(start, len(values), keep, tokens, len(nulls)), stop):
+            batches = embedder.make_batches(tokens, batching["token_budget"], batching["max_batch_rows"])
+            if not _put(out_q, _Chunk(start, len(values), keep, tokens, batches, len(nulls)), stop):
                 return
         _put(out_q, _DONE, stop)
     except BaseException as exc:  # handed to the main thread, which re-raises it
@@ -97,9 +106,33 @@ def _write(writer: VectorWriter, in_q: queue.Queue, failure: list) -> None:
             failure.append(exc)
 
 
+@contextlib.contextmanager
+def short_gil_switch(seconds: float = _GIL_SWITCH_S):
+    """Lower Python's thread switch interval (``sys.setswitchinterval``) to ``seconds`` inside the block.
+
+    Never raises it: a smaller interval set by the caller is kept. Restored on exit.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
                  normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool) -> dict:
-    """Run reader, inference (this thread) and writer until every row is committed; returns run counters."""
+    """Run reader, inference (this thread) and writer until every row is committed; returns run counters.
+
+    Python's thread switch interval is lowered for the duration (see ``_GIL_SWITCH_S``) and restored after.
+    """
+    with short_gil_switch():
+        return _run_pipeline(data, embedder, writer, kind, instruction, normalize, dtype, batching, start_row,
+                             progress)
+
+
+def _run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
+                  normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     stop = threading.Event()
@@ -108,7 +141,7 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
     write_failure: list = []
     reader = threading.Thread(
         target=_read_and_tokenize, name="lusifer-reader", daemon=True,
-        args=(data, embedder, kind, instruction, batching["chunk_rows"], start_row, tokens_q, stop),
+        args=(data, embedder, kind, instruction, batching, start_row, tokens_q, stop),
     )
     writer_thread = threading.Thread(target=_write, name="lusifer-writer", daemon=True,
                                      args=(writer, blocks_q, write_failure))
@@ -155,7 +188,7 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
                 raise item.exc
             tokens_before, padded_before = counters["tokens"], counters["padded"]
             t_infer = time.perf_counter()
-            emb = embedder.embed_tokens(item.tokens, batching["token_budget"], batching["max_batch_rows"], on_batch)
+            emb = embedder.run_batches(item.batches, len(item.tokens), on_batch)
             timing["infer_s"] += time.perf_counter() - t_infer
             if item.keep is not None:
                 block = np.zeros((item.rows, embedder.dim), dtype=np.float32)

@@ -18,7 +18,8 @@ from conftest import MULTILINGUAL_TEXTS
 from test_runtime_support import corpus_texts, read_sidecar, write_parquet
 
 from lusifer.runtime import Embedder, OutputError, embed_corpus
-from lusifer.runtime.batching import plan_batches
+from lusifer.runtime.batching import make_batch, plan_batches
+from lusifer.runtime.tokenize import TokenizedTexts
 from lusifer.runtime.cli import main
 from lusifer.runtime.corpus import READ_BUFFER_BYTES, iter_chunks, open_corpus
 
@@ -198,6 +199,41 @@ def test_plan_batches_respects_budget_and_covers_all():
     for b in batches:
         assert len(b) <= 3
         assert len(b) == 1 or len(b) * lengths[b].max() <= 100
+
+
+def test_make_batch_right_pads_each_row_with_its_own_ids():
+    rng = np.random.default_rng(0)
+    lengths = np.array([4, 0, 7, 1, 7, 3])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    tokens = TokenizedTexts(ids=rng.integers(5, 900, offsets[-1]), offsets=offsets, truncated=np.zeros(6, bool))
+    positions = np.array([2, 0, 1, 5])
+    batch = make_batch(tokens, positions, pad_token_id=1)
+    assert batch.input_ids.shape == (4, 7) and batch.input_ids.dtype == np.int64
+    for r, pos in enumerate(positions):
+        n = lengths[pos]
+        assert batch.input_ids[r, :n].tolist() == tokens.row(pos).tolist()
+        assert (batch.input_ids[r, n:] == 1).all()
+        assert batch.attention_mask[r].tolist() == [1] * n + [0] * (7 - n)
+    assert batch.real_tokens == 14 and batch.padded_tokens == 28
+
+
+def test_job_lowers_the_thread_switch_interval_only_while_it_runs(tiny_export, texts, tmp_path, monkeypatch):
+    from lusifer.runtime import pipeline
+
+    before = sys.getswitchinterval()
+    seen = []
+    original = pipeline._run_pipeline
+
+    def spy(*args, **kwargs):
+        seen.append(sys.getswitchinterval())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_run_pipeline", spy)
+    corpus = write_parquet(tmp_path / "c.parquet", texts[:20])
+    summary = embed_corpus(corpus, tmp_path / "v.npy", tiny_export, device="cpu", progress=False)
+    assert summary.rows == 20
+    assert seen == [min(before, pipeline._GIL_SWITCH_S)] and seen[0] < before
+    assert sys.getswitchinterval() == before
 
 
 def test_iter_chunks_resumes_at_chunk_boundaries(tmp_path):
