@@ -25,11 +25,6 @@ DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "work"
 RESULT_PREFIX = "RESULT "
 # the lusifer-embed / lusifer-eval entry points, run with this interpreter (what the console scripts call)
 EMBED_ENTRY = "import sys; from lusifer.runtime.cli import main; sys.exit(main())"
-# lusifer-embed with Python's default 5 ms thread switch interval (the runtime lowers it for a job): an ablation
-EMBED_ENTRY_DEFAULT_SWITCH = (
-    "import contextlib, sys; import lusifer.runtime.pipeline as p; p.short_gil_switch = contextlib.nullcontext; "
-    "from lusifer.runtime.cli import main; sys.exit(main())"
-)
 EVAL_ENTRY = "import sys; from lusifer.evaluation.cli import main; sys.exit(main())"
 # Starts argv[2:], waits with wait4, writes "exit_code wall_seconds max_rss_kib" to argv[1], exits with its code.
 LAUNCHER = (
@@ -147,13 +142,9 @@ def worker_cmd(*args: Any) -> list[str]:
     return [sys.executable, "-m", "benchmarks.workers", *map(str, args)]
 
 
-def embed_cmd(*args: Any, default_switch_interval: bool = False) -> list[str]:
-    """A command running the ``lusifer-embed`` entry point (``lusifer.runtime.cli:main``) with this interpreter.
-
-    ``default_switch_interval=True`` keeps Python's 5 ms thread switch interval during the job (an ablation).
-    """
-    entry = EMBED_ENTRY_DEFAULT_SWITCH if default_switch_interval else EMBED_ENTRY
-    return [sys.executable, "-c", entry, *map(str, args)]
+def embed_cmd(*args: Any) -> list[str]:
+    """A command running the ``lusifer-embed`` entry point (``lusifer.runtime.cli:main``) with this interpreter."""
+    return [sys.executable, "-c", EMBED_ENTRY, *map(str, args)]
 
 
 def eval_cmd(*args: Any) -> list[str]:

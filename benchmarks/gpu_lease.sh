@@ -8,11 +8,13 @@
 #   gpu_lease.sh small    lusifer-small: the four rows on 20k rows, then lusifer-embed vs model-only on 200k rows
 #                         (when gpu-200k.parquet was carried)
 #   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows
-#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only and lusifer-embed with Python's
-#                         default thread switch interval, E2E_REPEATS rounds (default 3) in turn
+#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed and model-only, E2E_REPEATS rounds (default 3)
+#                         in turn
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
 set -uo pipefail
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+# TOKENIZERS_PARALLELISM stays unset: lusifer-embed tokenises on all cores by default, as a user's run does
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+unset TOKENIZERS_PARALLELISM
 W=/tmp/work
 C=/tmp/src/benchmarks/corpus
 L=${PAPER_LAYERS:-8}
@@ -54,7 +56,7 @@ case "${1:-}" in
     python3 -m benchmarks.gpu_suite "${paper_args[@]}" --repeats 1 --out-dir "$OUT" ;;
   e2e)
     python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
-      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only,lusifer-embed-switch-5ms \
+      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only \
       --repeats "${E2E_REPEATS:-3}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
   *) echo "usage: $0 prepare|prepare-small|wait|small|paper|e2e" >&2; exit 2 ;;
 esac

@@ -62,8 +62,6 @@ from benchmarks.models import SHAPES, model_info
 logger = logging.getLogger(__name__)
 
 ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-unsorted")
-# run only when named in --only: lusifer-embed with Python's default 5 ms thread switch interval
-ABLATION_ROWS = ("lusifer-embed-switch-5ms",)
 TARGETS = {"small_ort_vs_pytorch": 1.5, "paper_ort_vs_pytorch": 1.0, "paper_fraction_of_peak": 0.60,
            "embed_vs_model_only": 0.90}
 
@@ -106,13 +104,12 @@ def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path
     plan_opts = ["--export", export, "--corpus", corpus, "--device", args.device, "--warmup", args.warmup,
                  "--window-rows", args.window_rows, "--token-budget", args.token_budget,
                  "--max-batch-rows", args.max_batch_rows]
-    if name.startswith("lusifer-embed"):
+    if name == "lusifer-embed":
         out = work / "lusifer-embed.npy"
         remove_output(out)
         child = run_child(embed_cmd(corpus, "--out", out, "--model", export, "--device", args.device, "--variant",
                                     "fp16", "--kind", "document", "--no-progress", "--chunk-rows", args.window_rows,
-                                    "--token-budget", args.token_budget, "--max-batch-rows", args.max_batch_rows,
-                                    default_switch_interval=(name == "lusifer-embed-switch-5ms")),
+                                    "--token-budget", args.token_budget, "--max-batch-rows", args.max_batch_rows),
                           name)
         s = embed_summary(out)
         remove_output(out)
@@ -178,12 +175,10 @@ def markdown(doc: dict) -> str:
                        f"{r['fraction_of_peak']:.1%}", r["executed_tflops"], r["seconds"], r.get("batches")]
                       for n, r in doc["rows"].items()])
     text += "\n" + "\n".join(f"- {n}: {d}" for n, d in doc["row_descriptions"].items() if n in doc["rows"]) + "\n"
-    for name in ("lusifer-embed",) + ABLATION_ROWS:
-        embed = doc["rows"].get(name)
-        if not (embed and embed.get("timing")):
-            continue
+    embed = doc["rows"].get("lusifer-embed")
+    if embed and embed.get("timing"):
         t = embed["timing"]
-        text += (f"\n{name} span {embed['seconds']:.3g} s (after loading and a {embed['warmup_seconds']:.3g} s "
+        text += (f"\nlusifer-embed span {embed['seconds']:.3g} s (after loading and a {embed['warmup_seconds']:.3g} s "
                  f"warm-up batch): model {t['infer_s']:.3g} s, waiting for tokens {t['wait_tokens_s']:.3g} s, "
                  f"handing to the writer {t.get('handoff_s', 0):.3g} s, first batch done at {t['first_batch_s']:.3g} s, "
                  f"last commit {t['tail_s']:.3g} s.\n")
@@ -200,10 +195,9 @@ def markdown(doc: dict) -> str:
 
 def run(args) -> dict:
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(ROWS) - set(ABLATION_ROWS))
+    unknown = sorted(set(names) - set(ROWS))
     if unknown or not names:
-        raise BenchmarkError(f"--only {args.only!r}: unknown row(s) {unknown}; expected some of "
-                             f"{', '.join(ROWS + ABLATION_ROWS)}")
+        raise BenchmarkError(f"--only {args.only!r}: unknown row(s) {unknown}; expected some of {', '.join(ROWS)}")
     if args.decoder_layers is not None and args.model_dir:
         raise BenchmarkError("--decoder-layers applies to random models; --model-dir is used as it is")
     work = Path(args.work_dir)
@@ -264,8 +258,6 @@ def run(args) -> dict:
             "ort-model-only": "same fp16 graph and session (GraphRunner), same batches, pre-tokenised",
             "pytorch-sorted": "LusiferModel bf16 eager, SDPA, same length-sorted batches, pre-tokenised",
             "pytorch-unsorted": f"LusiferModel bf16 eager, SDPA, fixed batches of {args.naive_batch} in corpus order",
-            "lusifer-embed-switch-5ms": "lusifer-embed as above but with Python's default 5 ms thread switch "
-                                        "interval (the runtime lowers it to 0.5 ms during a job): ablation",
         },
     }
     json_path, md_path = write_results(args.out_dir, args.name or f"gpu_{args.shape}", doc, markdown(doc))

@@ -3,16 +3,14 @@
 A reader thread streams the text column, tokenises chunks (Rust ``encode_batch``, GIL released) and pads
 them into length-sorted token-budget batches; the calling thread only runs the graph on those batches (ONNX
 Runtime releases the GIL too), and a writer thread puts finished chunks into the memory-mapped output and
-commits them in order. Queues of
-two chunks between the stages bound memory whatever the corpus size. An error in any stage stops the
-others; chunks already computed are still committed, so the output stays resumable.
+commits them in order. Queues of two chunks between the stages bound memory whatever the corpus size. An
+error in any stage stops the others; chunks already computed are still committed, so the output stays
+resumable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,10 +25,6 @@ from lusifer.runtime.writer import VectorWriter
 
 _QUEUE_CHUNKS = 2  # chunks waiting between stages
 _POLL_S = 0.1
-# While a job runs, a thread waiting for the GIL asks for it after this long instead of Python's default 5 ms.
-# The inference thread wants the GIL back each time ONNX Runtime returns; with the default it could wait up to
-# 5 ms per batch while the reader thread runs Python code (arrow -> str, prompt formatting, ids -> numpy).
-_GIL_SWITCH_S = 0.0005
 
 
 @dataclass
@@ -106,33 +100,9 @@ def _write(writer: VectorWriter, in_q: queue.Queue, failure: list) -> None:
             failure.append(exc)
 
 
-@contextlib.contextmanager
-def short_gil_switch(seconds: float = _GIL_SWITCH_S):
-    """Lower Python's thread switch interval (``sys.setswitchinterval``) to ``seconds`` inside the block.
-
-    Never raises it: a smaller interval set by the caller is kept. Restored on exit.
-    """
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, seconds))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
                  normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool) -> dict:
-    """Run reader, inference (this thread) and writer until every row is committed; returns run counters.
-
-    Python's thread switch interval is lowered for the duration (see ``_GIL_SWITCH_S``) and restored after.
-    """
-    with short_gil_switch():
-        return _run_pipeline(data, embedder, writer, kind, instruction, normalize, dtype, batching, start_row,
-                             progress)
-
-
-def _run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
-                  normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool) -> dict:
+    """Run reader, inference (this thread) and writer until every row is committed; returns run counters."""
     from tqdm.auto import tqdm
 
     stop = threading.Event()

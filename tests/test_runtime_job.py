@@ -217,25 +217,6 @@ def test_make_batch_right_pads_each_row_with_its_own_ids():
     assert batch.real_tokens == 14 and batch.padded_tokens == 28
 
 
-def test_job_lowers_the_thread_switch_interval_only_while_it_runs(tiny_export, texts, tmp_path, monkeypatch):
-    from lusifer.runtime import pipeline
-
-    before = sys.getswitchinterval()
-    seen = []
-    original = pipeline._run_pipeline
-
-    def spy(*args, **kwargs):
-        seen.append(sys.getswitchinterval())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_run_pipeline", spy)
-    corpus = write_parquet(tmp_path / "c.parquet", texts[:20])
-    summary = embed_corpus(corpus, tmp_path / "v.npy", tiny_export, device="cpu", progress=False)
-    assert summary.rows == 20
-    assert seen == [min(before, pipeline._GIL_SWITCH_S)] and seen[0] < before
-    assert sys.getswitchinterval() == before
-
-
 def test_iter_chunks_resumes_at_chunk_boundaries(tmp_path):
     texts = [f"row {i}" for i in range(103)]
     folder = tmp_path / "c"
