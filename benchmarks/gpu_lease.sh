@@ -12,7 +12,7 @@
 #                         in turn
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
 set -uo pipefail
-# TOKENIZERS_PARALLELISM stays unset: lusifer-embed tokenises on all cores by default, as a user's run does
+# TOKENIZERS_PARALLELISM stays unset, as in a user's run (lusifer-embed on CUDA caps the pool at 4 threads itself)
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 unset TOKENIZERS_PARALLELISM
 W=/tmp/work

@@ -13,7 +13,7 @@ from lusifer.runtime.batching import Batch, make_batch, plan_batches
 from lusifer.runtime.errors import EmbedError, ExportFolderError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.session import GraphRunner, create_session, resolve_device
-from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts
+from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts, cap_tokenizer_threads
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class Embedder:
         verify: bool = True,
     ):
         self.device = resolve_device(device)
+        if self.device.kind == "cuda":  # leave cores to the thread that launches the kernels
+            logger.debug("tokenizer threads: RAYON_NUM_THREADS=%s", cap_tokenizer_threads())
         self.export = open_export(export_dir, self.device.kind, variant, verify=verify)
         self.manifest = self.export.manifest
         self.tokenizer = TextTokenizer(self.export.tokenizer_path, self.manifest)

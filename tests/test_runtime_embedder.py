@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -76,6 +77,15 @@ def test_warmup_runs_one_full_budget_batch(embedder, monkeypatch):
     assert seconds > 0 and shapes == [(3, embedder.max_length)]
     embedder.warmup(token_budget=5)  # a budget below max_length: one row of the budget's length
     assert shapes[-1] == (1, 5)
+
+
+def test_cuda_caps_the_tokenizer_pool_unless_the_user_set_it():
+    from lusifer.runtime.tokenize import cap_tokenizer_threads
+
+    env: dict = {}
+    assert cap_tokenizer_threads(4, env) == env["RAYON_NUM_THREADS"] == str(min(4, os.cpu_count() or 1))
+    env = {"RAYON_NUM_THREADS": "12"}
+    assert cap_tokenizer_threads(4, env) == "12"
 
 
 def test_embed_rejects_non_strings(embedder):
