@@ -62,11 +62,11 @@ def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int) -> list[
 def make_batch(tokens: TokenizedTexts, positions: np.ndarray, pad_token_id: int) -> Batch:
     """Pad the texts at ``positions`` into one right-padded batch (vectorised: no per-row Python loop)."""
     positions = np.asarray(positions, dtype=np.int64)
-    lengths = tokens.lengths[positions]
+    starts = tokens.offsets[positions]
+    lengths = tokens.offsets[positions + 1] - starts  # only these rows' lengths, not the whole window's
     seq = max(int(lengths.max()), 1)
     real = np.arange(seq, dtype=np.int64)[None, :] < lengths[:, None]
     # right padding: the real cells, read row by row, are the rows' ids laid end to end
-    starts = tokens.offsets[positions]
     before = np.cumsum(lengths) - lengths
     index = np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
     input_ids = np.full((len(positions), seq), pad_token_id, dtype=np.int64)
