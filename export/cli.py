@@ -46,6 +46,10 @@ from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE
     "--int8-optional", is_flag=True,
     help="Leave the INT8 graph out (with a warning) instead of failing when it misses --int8-min-cosine.",
 )
+@click.option(
+    "--fp16-fusions/--no-fp16-fusions", default=True, show_default=True,
+    help="Fuse norms (with their residual Adds) and bias+GELU into ONNX Runtime kernels in the fp16 graph.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(
     model_dir: str,
@@ -60,6 +64,7 @@ def main(
     int8_embeddings: bool,
     int8_outlier_share: float,
     int8_optional: bool,
+    fp16_fusions: bool,
     quiet: bool,
 ) -> None:
     """Export a LUSIFER model folder to a self-contained, validated ONNX folder.
@@ -90,6 +95,7 @@ def main(
             int8_embeddings=int8_embeddings,
             int8_outlier_share=int8_outlier_share,
             int8_required=not int8_optional,
+            fp16_fusions=fp16_fusions,
         )
     except (ExportError, MissingExtraError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

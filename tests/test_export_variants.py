@@ -100,7 +100,8 @@ def test_external_data_files_are_listed_and_checksummed(fp16_export):
 
 
 def test_fp16_graph_keeps_sensitive_math_in_fp32(fp16_export):
-    """MatMuls run in fp16; RMSNorm statistics, rotary angles and pooling stay fp32; I/O types unchanged."""
+    """MatMuls and the fused norms (fp32 statistics inside ONNX Runtime's kernels) run in fp16; rotary angles
+    and pooling stay fp32; I/O types unchanged."""
     folder, _, _ = fp16_export
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "model_fp16.onnx")))
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.value_info, *graph.graph.input, *graph.graph.output]}
@@ -111,8 +112,10 @@ def test_fp16_graph_keeps_sensitive_math_in_fp32(fp16_export):
         if node.input:
             seen.setdefault(node.op_type, set()).add(types.get(node.input[0]))
     assert seen["MatMul"] == {FLOAT16}
-    assert seen["LayerNormalization"] == {FLOAT16}
-    for op in ("Pow", "ReduceMean", "Sqrt", "Cos", "Sin", "ReduceSum"):
+    for op in ("SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"):
+        assert seen[op] == {FLOAT16}, op
+    assert not {"Pow", "Sqrt"} & set(seen)  # no unfused RMSNorm statistics left
+    for op in ("Cos", "Sin", "ReduceSum"):
         assert seen[op] == {FLOAT}, op
     assert [types[i.name] for i in graph.graph.input] == [INT64, INT64]
     assert types[graph.graph.output[0].name] == FLOAT

@@ -1,0 +1,115 @@
+"""Norm fusion before fp16 conversion: a residual Add + RMSNorm written out as the tracer writes it becomes one
+``SkipSimplifiedLayerNormalization`` and stays exact for activations whose squares overflow fp16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper
+
+from lusifer.export.fp16 import convert_to_fp16
+from lusifer.export.fusion import fuse_norms
+from lusifer.onnx_interface import INPUT_NAMES
+
+HIDDEN = 16
+EPS = 1e-6
+
+
+def _traced_rmsnorm_graph(path):
+    """``y = w * cast(x * 1/sqrt(mean(cast(x)^2) + eps))`` with ``x = a + b``, then a MatMul (as traced)."""
+    rng = np.random.default_rng(0)
+    a, b = INPUT_NAMES[0], "skip"
+    consts = {
+        "two": np.array(2.0, np.float32), "eps": np.array(EPS, np.float32), "one": np.array(1.0, np.float32),
+        "axes": np.array([-1], np.int64), "w": rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32),
+        "proj": rng.standard_normal((HIDDEN, HIDDEN)).astype(np.float32) / 4,
+    }
+    nodes = [
+        helper.make_node("Add", [a, b], ["x"], name="residual"),
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT, name="to_float"),
+        helper.make_node("Pow", ["xf", "two"], ["sq"], name="pow"),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1, name="mean"),
+        helper.make_node("Add", ["ms", "eps"], ["mse"], name="add_eps"),
+        helper.make_node("Sqrt", ["mse"], ["rms"], name="sqrt"),
+        helper.make_node("Div", ["one", "rms"], ["inv"], name="inv"),
+        helper.make_node("Mul", ["xf", "inv"], ["normed"], name="scale"),
+        helper.make_node("Cast", ["normed"], ["normed_cast"], to=TensorProto.FLOAT, name="to_dtype"),
+        helper.make_node("Mul", ["w", "normed_cast"], ["y"], name="weight"),
+        helper.make_node("MatMul", ["y", "proj"], ["out"], name="proj"),
+    ]
+    graph = helper.make_graph(
+        nodes, "rmsnorm",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "seq", HIDDEN]) for n in (a, b)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return consts
+
+
+def _reference(a, b, consts):
+    x = (a + b).astype(np.float64)
+    y = consts["w"] * x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS)
+    return y @ consts["proj"]
+
+
+def _run(path, a, b):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {INPUT_NAMES[0]: a, "skip": b})[0]
+
+
+def test_fuse_norms_turns_residual_and_rmsnorm_into_one_op(tmp_path):
+    _traced_rmsnorm_graph(tmp_path / "g.onnx")
+    model = onnx.load(str(tmp_path / "g.onnx"))
+    counts = fuse_norms(model)
+    assert counts["SkipSimplifiedLayerNormalization"] == 1
+    assert [n.op_type for n in model.graph.node] == ["SkipSimplifiedLayerNormalization", "MatMul"]
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_fp16_graph_is_exact_where_squares_overflow_fp16(tmp_path, fuse):
+    """Activations of ~1000 (squares ~1e6 > fp16's 65504): the fused kernel and the unfused fp32 chain both hold."""
+    consts = _traced_rmsnorm_graph(tmp_path / "g.onnx")
+    convert_to_fp16(tmp_path / "g.onnx", tmp_path / "g16.onnx", fuse=fuse)
+    graph = onnx.load(str(tmp_path / "g16.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert ("SkipSimplifiedLayerNormalization" in ops) is fuse and ("Pow" in ops) is not fuse
+    rng = np.random.default_rng(1)
+    a = (rng.standard_normal((2, 5, HIDDEN)) * 1000).astype(np.float32)
+    b = (rng.standard_normal((2, 5, HIDDEN)) * 10).astype(np.float32)
+    got = _run(tmp_path / "g16.onnx", a, b)
+    want = _reference(a, b, consts)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_export_without_fusions_keeps_rmsnorm_statistics_in_fp32(tiny_factory, tmp_path, one_torch_thread):
+    """``--no-fp16-fusions``: the traced RMSNorm ops stay, their statistics in fp32; the manifest says so."""
+    from click.testing import CliRunner
+
+    from lusifer.export.cli import main
+    from lusifer.onnx_interface import ExportManifest
+
+    target = tmp_path / "export"
+    result = CliRunner().invoke(
+        main, [str(tiny_factory("bert", "llama")), "--out", str(target), "--dtype", "fp16", "--no-fp16-fusions", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert ExportManifest.load(target).source["fp16_fusions"] is False
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(target / "model_fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in graph.graph.value_info}
+    pows = [n for n in graph.graph.node if n.op_type == "Pow"]
+    assert pows and {types.get(n.input[0]) for n in pows} == {TensorProto.FLOAT}
+    assert not {n.op_type for n in graph.graph.node} & {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"}
+
+
+def test_fp16_fusions_must_be_a_bool(tiny_factory, tmp_path):
+    from lusifer.export import export_model
+    from lusifer.export.errors import ExportOptionError
+
+    with pytest.raises(ExportOptionError, match="fp16_fusions='no' must be True or False"):
+        export_model(tiny_factory("bert", "llama"), tmp_path / "export", dtype="fp16", fp16_fusions="no")
