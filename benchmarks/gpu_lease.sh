@@ -7,9 +7,11 @@
 #   gpu_lease.sh wait     wait up to 9 minutes for the markers of what was started; print the logs' tails
 #   gpu_lease.sh small    lusifer-small: the four rows on 20k rows, then lusifer-embed vs model-only on 200k rows
 #                         (when gpu-200k.parquet was carried)
-#   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows
-#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed and model-only, E2E_REPEATS rounds (default 3)
-#                         in turn
+#   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows, then
+#                         CUDA kernel time by category
+#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only and model-only on the graph
+#                         without the fp16 norm fusions (ort-baseline), E2E_REPEATS rounds (default 3) in turn,
+#                         then CUDA kernel time by category for both graphs
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
 set -uo pipefail
 # TOKENIZERS_PARALLELISM stays unset, as in a user's run (lusifer-embed on CUDA caps the pool at 4 threads itself)
@@ -23,7 +25,7 @@ paper_args=(--shape paper --decoder-layers "$L" --tokenizer /tmp/base/encoder-me
             --work-dir $W/gpu)
 prepare_small() {
   mkdir -p $W && echo small >> $W/STARTED
-  setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16; \
+  setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16,fp16-unfused; \
     echo \$? > $W/SMALL_DONE" > $W/small_prepare.log 2>&1 < /dev/null &
 }
 case "${1:-}" in
@@ -53,10 +55,11 @@ case "${1:-}" in
         --name gpu_small_200k --out-dir "$OUT"
     fi ;;
   paper)
-    python3 -m benchmarks.gpu_suite "${paper_args[@]}" --repeats 1 --out-dir "$OUT" ;;
+    python3 -m benchmarks.gpu_suite "${paper_args[@]}" --repeats 1 --profile --out-dir "$OUT" ;;
   e2e)
     python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
-      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only \
+      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only,ort-baseline \
+      --baseline-export $W/small/export-fp16-unfused --profile \
       --repeats "${E2E_REPEATS:-3}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
   *) echo "usage: $0 prepare|prepare-small|wait|small|paper|e2e" >&2; exit 2 ;;
 esac

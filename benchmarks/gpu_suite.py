@@ -194,6 +194,9 @@ def markdown(doc: dict) -> str:
         text += (f"\n## CUDA kernel time by category: {label} ({prof['batches_profiled']} batches, "
                  f"{prof['tokens_profiled']:,} tokens, {prof['kernel_launches']:,} kernel launches, kernels "
                  f"{prof['kernel_seconds']:.3g} s of {prof['wall_seconds_profiled']:.3g} s wall)\n\n")
+        if not prof["kernel_launches"]:
+            text += "No CUDA kernels were recorded (the profiler saw no CUPTI activity).\n"
+            continue
         text += md_table(["category", "seconds", "share"],
                          [[c, v, f"{v / total:.1%}"] for c, v in prof["by_category"].items()])
         text += "\n\nTop kernels:\n\n" + md_table(

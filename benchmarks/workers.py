@@ -196,7 +196,8 @@ def ort_profile(args) -> dict:
 
     from lusifer.runtime import Embedder
 
-    torch.cuda.init()
+    if args.device.startswith("cuda"):
+        torch.cuda.init()
     tokens, batches, plan = _plan(args)
     embedder = Embedder(args.export, device=args.device, variant=args.variant, threads=args.threads)
     runner = embedder.runner
