@@ -23,7 +23,7 @@ import logging
 import time
 from pathlib import Path
 
-from lusifer.export.fusion import fuse_norms
+from lusifer.export.fusion import fuse_norms, working_dir
 from lusifer.export.onnx_export import save_model
 
 from lusifer.extras import require
@@ -197,11 +197,13 @@ def make_node_names_unique(model) -> int:
     return renamed
 
 
-def infer_types(model):
-    """Shape/type inference that knows ONNX Runtime's contrib ops (the fused norms); run before the weights load."""
+def infer_types(model, base_dir: Path | None = None):
+    """Shape/type inference that knows ONNX Runtime's contrib ops (the fused norms); run before the weights load
+    (in ``base_dir``, the folder of the external data, for any tensor it reads)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    with working_dir(base_dir):
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
 
 
 def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bool = True) -> list[Path]:
@@ -223,8 +225,9 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
     # Shape inference (the converter needs every tensor's type) runs before the weights are loaded, so
     # it also works for graphs over protobuf's 2 GB limit.
     model = onnx.load(str(src), load_external_data=False)
-    fused = fuse_norms(model) if fuse else {}
-    model = infer_types(model) if fuse else onnx.shape_inference.infer_shapes(model)
+    data_dir = Path(src).resolve().parent
+    fused = fuse_norms(model, data_dir) if fuse else {}
+    model = infer_types(model, data_dir) if fuse else onnx.shape_inference.infer_shapes(model)
     onnx.external_data_helper.load_external_data_for_model(model, str(Path(src).parent))
     keep = fp32_node_names(model)
     blocked = set().union(*keep.values())

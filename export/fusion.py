@@ -18,7 +18,10 @@ the export's parity validation against PyTorch checks the result either way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from pathlib import Path
 
 from lusifer.extras import require
 
@@ -33,14 +36,31 @@ FUSED_OPS = (
 )
 
 
-def fuse_norms(model) -> dict[str, int]:
+@contextlib.contextmanager
+def working_dir(path: Path | None):
+    """Run a block in ``path`` (``None``: where we are)."""
+    if path is None:
+        yield
+        return
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def fuse_norms(model, base_dir: str | os.PathLike | None = None) -> dict[str, int]:
     """Rewrite RMSNorm/LayerNorm (with their residual Adds) and bias+GELU of ``model`` as fused ONNX Runtime ops.
 
-    Works in place on a ModelProto whose large initializers may still be external (only the graph structure
-    and small constants are read).
+    Works in place on a ModelProto whose large initializers may still be external: the graph structure and
+    small constants are read, and the few tensors a fusion reads (the bias of ``BiasGelu``) come from the
+    external data file in ``base_dir``.
 
     Args:
         model: The fp32 ModelProto.
+        base_dir: Folder of the graph's external data (the passes read it relative to the working directory,
+            so they run there); ``None`` when every tensor is in memory.
 
     Returns:
         Count of each fused op type in the graph afterwards.
@@ -65,17 +85,18 @@ def fuse_norms(model) -> dict[str, int]:
     for q in quiet:
         q.setLevel(logging.WARNING)
     try:
-        FusionUtils(wrapped).remove_identity_nodes()
-        FusionLayerNormalization(wrapped).apply()
-        FusionSimplifiedLayerNormalization(wrapped).apply()
-        FusionGelu(wrapped).apply()
-        FusionSkipLayerNormalization(wrapped, shape_infer=False).apply()
-        FusionSkipLayerNormalization(
-            wrapped, "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", shape_infer=False,
-        ).apply()
-        FusionBiasGelu(wrapped, is_fastgelu=False).apply()
-        wrapped.prune_graph()
-        wrapped.topological_sort()
+        with working_dir(None if base_dir is None else Path(base_dir)):
+            FusionUtils(wrapped).remove_identity_nodes()
+            FusionLayerNormalization(wrapped).apply()
+            FusionSimplifiedLayerNormalization(wrapped).apply()
+            FusionGelu(wrapped).apply()
+            FusionSkipLayerNormalization(wrapped, shape_infer=False).apply()
+            FusionSkipLayerNormalization(
+                wrapped, "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", shape_infer=False,
+            ).apply()
+            FusionBiasGelu(wrapped, is_fastgelu=False).apply()
+            wrapped.prune_graph()
+            wrapped.topological_sort()
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)

@@ -113,3 +113,46 @@ def test_fp16_fusions_must_be_a_bool(tiny_factory, tmp_path):
 
     with pytest.raises(ExportOptionError, match="fp16_fusions='no' must be True or False"):
         export_model(tiny_factory("bert", "llama"), tmp_path / "export", dtype="fp16", fp16_fusions="no")
+
+
+def test_bias_gelu_fuses_when_the_bias_is_external_data(tmp_path, monkeypatch):
+    """Graphs over 2 GB keep their tensors in a ``.data`` file while the passes run: the BiasGelu pass reads its
+    bias from there, whatever the working directory is."""
+    rng = np.random.default_rng(0)
+    width = 2048  # an 8 KB bias: external, as in a real encoder's FFN
+    consts = {"w": rng.standard_normal((HIDDEN, width)).astype(np.float32) / 4,
+              "bias": rng.standard_normal(width).astype(np.float32),
+              "sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
+              "half": np.array(0.5, np.float32)}
+    nodes = [
+        helper.make_node("MatMul", [INPUT_NAMES[0], "w"], ["h"], name="fc"),
+        helper.make_node("Add", ["h", "bias"], ["hb"], name="bias_add"),
+        helper.make_node("Div", ["hb", "sqrt2"], ["d"], name="gelu_div"),
+        helper.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+        helper.make_node("Mul", ["hb", "e1"], ["m"], name="gelu_mul"),
+        helper.make_node("Mul", ["m", "half"], ["out"], name="gelu_half"),
+    ]
+    graph = helper.make_graph(
+        nodes, "gelu", [helper.make_tensor_value_info(INPUT_NAMES[0], TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "seq", width])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    src = tmp_path / "graph" / "g.onnx"
+    src.parent.mkdir()
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src),
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="g.onnx.data",
+                    size_threshold=1024)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    convert_to_fp16(src, tmp_path / "g16.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "g16.onnx")).graph.node]
+    assert "BiasGelu" in ops and "Erf" not in ops
+    x = rng.standard_normal((2, 3, HIDDEN)).astype(np.float32)
+    h = x.astype(np.float64) @ consts["w"] + consts["bias"]
+    from math import erf
+
+    want = 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
+    session = ort.InferenceSession(str(tmp_path / "g16.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {INPUT_NAMES[0]: x})[0], want, rtol=2e-2, atol=2e-2)
