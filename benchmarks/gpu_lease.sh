@@ -9,9 +9,10 @@
 #                         (when gpu-200k.parquet was carried)
 #   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows, then
 #                         CUDA kernel time by category
-#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only and model-only on the graph
-#                         without the fp16 norm fusions (ort-baseline), E2E_REPEATS rounds (default 3) in turn,
-#                         then CUDA kernel time by category for both graphs
+#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only, model-only on the graph
+#                         without the fp16 fusions (ort-baseline), lusifer-embed with RAYON_NUM_THREADS=4 set
+#                         from outside and with --threads 1, E2E_REPEATS rounds (default 2) in turn, then CUDA
+#                         kernel time by category for both graphs
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
 set -uo pipefail
 # TOKENIZERS_PARALLELISM stays unset, as in a user's run (lusifer-embed on CUDA caps the pool at 4 threads itself)
@@ -58,8 +59,9 @@ case "${1:-}" in
     python3 -m benchmarks.gpu_suite "${paper_args[@]}" --repeats 1 --profile --out-dir "$OUT" ;;
   e2e)
     python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
-      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only,ort-baseline \
+      --corpus $C/gpu-200k.parquet --work-dir $W/gpu \
+      --only lusifer-embed,ort-model-only,ort-baseline,lusifer-embed-rayon4,lusifer-embed-ort1 \
       --baseline-export $W/small/export-fp16-unfused --profile \
-      --repeats "${E2E_REPEATS:-3}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
+      --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
   *) echo "usage: $0 prepare|prepare-small|wait|small|paper|e2e" >&2; exit 2 ;;
 esac

@@ -62,7 +62,12 @@ from benchmarks.models import SHAPES, model_info
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-unsorted")
-ROWS = (*DEFAULT_ROWS, "ort-baseline")  # ort-baseline: with --baseline-export, added to the rows it is given to
+# ort-baseline: with --baseline-export, added to the rows it is given to. The lusifer-embed-* rows are the CLI
+# with one setting changed (for the end-to-end gap): one ORT intra-op thread (--threads 1), or the tokenizer pool
+# capped from outside (RAYON_NUM_THREADS=4, as the runtime's in-code CUDA default should do by itself).
+EMBED_VARIANTS = {"lusifer-embed-ort1": (["--threads", "1"], {}),
+                  "lusifer-embed-rayon4": ([], {"RAYON_NUM_THREADS": "4"})}
+ROWS = (*DEFAULT_ROWS, "ort-baseline", *EMBED_VARIANTS)
 TARGETS = {"small_ort_vs_pytorch": 1.5, "paper_ort_vs_pytorch": 1.0, "paper_fraction_of_peak": 0.60,
            "embed_vs_model_only": 0.90}
 
@@ -105,13 +110,15 @@ def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path
     plan_opts = ["--export", export, "--corpus", corpus, "--device", args.device, "--warmup", args.warmup,
                  "--window-rows", args.window_rows, "--token-budget", args.token_budget,
                  "--max-batch-rows", args.max_batch_rows]
-    if name == "lusifer-embed":
+    if name == "lusifer-embed" or name in EMBED_VARIANTS:
+        extra_args, extra_env = EMBED_VARIANTS.get(name, ([], {}))
         out = work / "lusifer-embed.npy"
         remove_output(out)
         child = run_child(embed_cmd(corpus, "--out", out, "--model", export, "--device", args.device, "--variant",
                                     "fp16", "--kind", "document", "--no-progress", "--chunk-rows", args.window_rows,
-                                    "--token-budget", args.token_budget, "--max-batch-rows", args.max_batch_rows),
-                          name)
+                                    "--token-budget", args.token_budget, "--max-batch-rows", args.max_batch_rows,
+                                    *extra_args),
+                          name, env=extra_env or None)
         s = embed_summary(out)
         remove_output(out)
         r = {"rows": s["rows_this_run"], "seconds": s["seconds"], "tokens": s["tokens"],
@@ -294,6 +301,8 @@ def run(args) -> dict:
             "pytorch-sorted": "LusiferModel bf16 eager, SDPA, same length-sorted batches, pre-tokenised",
             "pytorch-unsorted": f"LusiferModel bf16 eager, SDPA, fixed batches of {args.naive_batch} in corpus order",
             "ort-baseline": f"as ort-model-only, with the fp16 graph of {args.baseline_export}",
+            "lusifer-embed-ort1": "as lusifer-embed, with --threads 1 (one ONNX Runtime intra-op thread)",
+            "lusifer-embed-rayon4": "as lusifer-embed, with RAYON_NUM_THREADS=4 set from outside",
         },
         "kernel_profile": profile,
     }

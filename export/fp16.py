@@ -23,6 +23,7 @@ import logging
 import time
 from pathlib import Path
 
+from lusifer.export.attention_fusion import fuse_attention
 from lusifer.export.fusion import fuse_norms, working_dir
 from lusifer.export.onnx_export import save_model
 
@@ -213,8 +214,8 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
         src: The fp32 graph.
         dst: The fp16 graph to write.
         threshold: Initializer bytes above which external data is used.
-        fuse: Fuse normalisations first (:func:`lusifer.export.fusion.fuse_norms`): fewer, fp16 memory-bound
-            kernels on CUDA.
+        fuse: Fuse normalisations (:func:`lusifer.export.fusion.fuse_norms`) and attention
+            (:func:`lusifer.export.attention_fusion.fuse_attention`) first: fewer memory-bound kernels on CUDA.
 
     Returns:
         The files written (graph first, then external data if any).
@@ -226,7 +227,11 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
     # it also works for graphs over protobuf's 2 GB limit.
     model = onnx.load(str(src), load_external_data=False)
     data_dir = Path(src).resolve().parent
-    fused = fuse_norms(model, data_dir) if fuse else {}
+    fused = {}
+    if fuse:
+        fused = fuse_norms(model, data_dir)
+        with working_dir(data_dir):
+            fused.update(fuse_attention(model))
     model = infer_types(model, data_dir) if fuse else onnx.shape_inference.infer_shapes(model)
     onnx.external_data_helper.load_external_data_for_model(model, str(Path(src).parent))
     keep = fp32_node_names(model)

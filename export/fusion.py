@@ -10,8 +10,9 @@ ONNX Runtime's fused kernels, which read fp16 and accumulate their statistics in
 - ``LayerNormalization`` and ``SkipLayerNormalization`` (the encoder's residual Add + LayerNorm),
 - ``BiasGelu`` (the encoder's bias Add + exact GELU).
 
-Attention, rotary and embedding fusions are not applied (their patterns assume other exporters, and the
-encoder's position ids depend on padding). Residual Adds are same-shaped in every supported architecture, so
+Attention is fused separately (:mod:`lusifer.export.attention_fusion`); ONNX Runtime's rotary, embedding and
+attention passes are not used (their patterns assume other exporters, and the encoder's position ids depend on
+padding). Residual Adds are same-shaped in every supported architecture, so
 the fusions run without ONNX Runtime's symbolic shape inference (which cannot run over graphs above 2 GB);
 the export's parity validation against PyTorch checks the result either way.
 """

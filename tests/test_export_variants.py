@@ -115,6 +115,7 @@ def test_fp16_graph_keeps_sensitive_math_in_fp32(fp16_export):
     for op in ("SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"):
         assert seen[op] == {FLOAT16}, op
     assert not {"Pow", "Sqrt"} & set(seen)  # no unfused RMSNorm statistics left
+    assert seen["MultiHeadAttention"] == {FLOAT16} and "Softmax" not in seen  # every attention fused
     for op in ("Cos", "Sin", "ReduceSum"):
         assert seen[op] == {FLOAT}, op
     assert [types[i.name] for i in graph.graph.input] == [INT64, INT64]
