@@ -207,6 +207,8 @@ def export_model(
     budget = _parameter_budget(model)
     llm_vocab = int(model.llm.get_input_embeddings().weight.shape[0])
     llm_hidden = int(model.config.llm_hidden)
+    # rows of the fused rotary tables: well beyond any decoder position the graph can see
+    rotary_positions = max(int(getattr(model.llm.config, "max_position_embeddings", 0) or 0), 4 * int(config.max_length))
 
     staging = make_staging(target)
     try:
@@ -227,7 +229,7 @@ def export_model(
             variants["fp32"] = variant_info(staging, fp32_path.name, fp32_files, "fp32", None, fp32_parity)
         else:
             fp16_path = staging / VARIANT_FILES["fp16"]
-            fp16_files = convert_to_fp16(fp32_path, fp16_path, fuse=fp16_fusions)
+            fp16_files = convert_to_fp16(fp32_path, fp16_path, fuse=fp16_fusions, rotary_positions=rotary_positions)
             check_interface(fp16_path, config.embedding_dim)
             parity = validate_graph("fp16", fp16_path, reference, MIN_COSINE["fp16"])
             variants["fp16"] = variant_info(staging, fp16_path.name, fp16_files, "fp16", None, parity)

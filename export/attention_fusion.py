@@ -66,16 +66,18 @@ def _dims(shapes: dict, name: str) -> list | None:
     return shapes.get(name)
 
 
-def value_shapes(model) -> dict[str, list]:
-    """Tensor name -> dims (ints where known, else symbol names) by ONNX Runtime's symbolic shape inference."""
+def value_shapes(model, with_types: bool = False):
+    """Tensor name -> dims (ints where known, else symbol names) by ONNX Runtime's symbolic shape inference;
+    with ``with_types`` also tensor name -> ONNX element type."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    shapes = {}
+    shapes, types = {}, {}
     for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         shapes[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                           for d in v.type.tensor_type.shape.dim]
-    return shapes
+        types[v.name] = v.type.tensor_type.elem_type
+    return (shapes, types) if with_types else shapes
 
 
 def fuse_attention(model) -> dict[str, int]:

@@ -4,13 +4,19 @@ The graph is traced in fp32 and converted with ``onnxruntime.transformers.float1
 int64 inputs stay int64 and the output ``embedding`` stays float32). A ``.half()`` trace is avoided: the
 TorchScript exporter then binds LayerNormalization to mixed float/float16 inputs, which ONNX Runtime rejects.
 
+Before conversion (``fuse``, the default) the traced ops are fused into ONNX Runtime kernels: norms with their
+residual Adds and bias+GELU (:mod:`lusifer.export.fusion`), rotary embeddings (:mod:`lusifer.export.rotary_fusion`:
+cos/sin tables computed in fp32 at export, stored in fp16 like the cos/sin a fp16 PyTorch model uses) and
+attention (:mod:`lusifer.export.attention_fusion`). The fused kernels read and write fp16 and accumulate their
+statistics (norm variance, softmax) in fp32.
+
 What stays in fp32 (the converter inserts the casts):
 
 - The control subgraph: every node that does not depend numerically on ``input_ids`` (attention mask, position
-  ids, rotary cos/sin tables). fp16 cannot even represent positions above 2048 exactly, and rotary angles
-  ``position * inv_freq`` lose whole radians at long positions in fp16.
-- RMSNorm statistics: the ``Pow(x, 2) -> ReduceMean -> Add(eps) -> Sqrt -> Div/Reciprocal -> Mul(x)`` chains
-  (a sum of squares of LLM hidden states overflows fp16 at magnitudes above 256).
+  ids, and the rotary cos/sin computation when rotary is not fused). fp16 cannot even represent positions above
+  2048 exactly, and rotary angles ``position * inv_freq`` lose whole radians at long positions in fp16.
+- Unfused RMSNorm statistics: the ``Pow(x, 2) -> ReduceMean -> Add(eps) -> Sqrt -> Div/Reciprocal -> Mul(x)``
+  chains (a sum of squares of LLM hidden states overflows fp16 at magnitudes above 256).
 - The head: mean pooling (a sum over up to ``max_length`` positions) and everything after it (projection).
 
 LayerNormalization stays one fp16 op: ONNX Runtime accumulates its statistics in fp32 on CPU and CUDA.
@@ -25,6 +31,7 @@ from pathlib import Path
 
 from lusifer.export.attention_fusion import fuse_attention
 from lusifer.export.fusion import fuse_norms, working_dir
+from lusifer.export.rotary_fusion import fuse_rotary
 from lusifer.export.onnx_export import save_model
 
 from lusifer.extras import require
@@ -207,7 +214,8 @@ def infer_types(model, base_dir: Path | None = None):
         return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
 
 
-def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bool = True) -> list[Path]:
+def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bool = True,
+                    rotary_positions: int | None = None) -> list[Path]:
     """Convert the fp32 graph at ``src`` into an fp16 graph at ``dst`` (int64 inputs, float32 output).
 
     Args:
@@ -216,6 +224,9 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
         threshold: Initializer bytes above which external data is used.
         fuse: Fuse normalisations (:func:`lusifer.export.fusion.fuse_norms`) and attention
             (:func:`lusifer.export.attention_fusion.fuse_attention`) first: fewer memory-bound kernels on CUDA.
+        rotary_positions: With ``fuse``, also fuse rotary embeddings
+            (:func:`lusifer.export.rotary_fusion.fuse_rotary`) with cos/sin tables of this many positions
+            (more than the largest position id the graph can see); ``None`` leaves them as traced.
 
     Returns:
         The files written (graph first, then external data if any).
@@ -231,6 +242,8 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
     if fuse:
         fused = fuse_norms(model, data_dir)
         with working_dir(data_dir):
+            if rotary_positions:
+                fused.update(fuse_rotary(model, rotary_positions))
             fused.update(fuse_attention(model))
     model = infer_types(model, data_dir) if fuse else onnx.shape_inference.infer_shapes(model)
     onnx.external_data_helper.load_external_data_for_model(model, str(Path(src).parent))

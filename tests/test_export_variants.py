@@ -100,8 +100,8 @@ def test_external_data_files_are_listed_and_checksummed(fp16_export):
 
 
 def test_fp16_graph_keeps_sensitive_math_in_fp32(fp16_export):
-    """MatMuls and the fused norms (fp32 statistics inside ONNX Runtime's kernels) run in fp16; rotary angles
-    and pooling stay fp32; I/O types unchanged."""
+    """MatMuls, the fused norms (fp32 statistics inside ONNX Runtime's kernels), attention and rotary run in
+    fp16; pooling stays fp32; I/O types unchanged."""
     folder, _, _ = fp16_export
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "model_fp16.onnx")))
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.value_info, *graph.graph.input, *graph.graph.output]}
@@ -116,8 +116,9 @@ def test_fp16_graph_keeps_sensitive_math_in_fp32(fp16_export):
         assert seen[op] == {FLOAT16}, op
     assert not {"Pow", "Sqrt"} & set(seen)  # no unfused RMSNorm statistics left
     assert seen["MultiHeadAttention"] == {FLOAT16} and "Softmax" not in seen  # every attention fused
-    for op in ("Cos", "Sin", "ReduceSum"):
-        assert seen[op] == {FLOAT}, op
+    assert seen["RotaryEmbedding"] == {FLOAT16} and "Neg" not in seen  # every rotary embedding fused
+    assert "Cos" not in seen  # rotary angles are computed at export time (fp32), their cos/sin stored as tables
+    assert seen["ReduceSum"] == {FLOAT}  # pooling
     assert [types[i.name] for i in graph.graph.input] == [INT64, INT64]
     assert types[graph.graph.output[0].name] == FLOAT
 
@@ -225,3 +226,35 @@ def test_fp16_graph_on_cuda_matches_pytorch(fp16_export, model):
     want = model.encode(MULTILINGUAL_TEXTS, kind="query", instruction="Find the same sentence", normalize=False)
     assert got.dtype == np.float32
     assert cosines(got, want).min() >= MIN_COSINE["fp16"]
+
+
+def test_fused_fp16_graph_is_bidirectional_and_padding_side_invariant(fp16_export, model):
+    """The fused graph (MultiHeadAttention, RotaryEmbedding) keeps bidirectional attention and gives the same
+    vectors for left and right padding (rotary positions follow the mask), within fp16 error."""
+    from lusifer.backbones import set_attention_causal
+
+    folder, manifest, _ = fp16_export
+    path = folder / manifest.variants["fp16"].file
+    enc = model.tokenize(MULTILINGUAL_TEXTS, kind="document")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    got = run(path, ids.numpy(), mask.numpy())
+    with torch.no_grad():
+        bidirectional = model(ids, mask).numpy()
+        set_attention_causal(model.llm, True)
+        try:
+            causal = model(ids, mask).numpy()
+        finally:
+            set_attention_causal(model.llm, False)
+    to_bidirectional, to_causal = np.abs(got - bidirectional).max(), np.abs(got - causal).max()
+    assert to_causal > 5 * to_bidirectional, (to_bidirectional, to_causal)
+    pad = manifest.pad_token_id
+    n = mask.sum(1).numpy()
+    width = ids.shape[1] + 3
+    left_ids = np.full((len(n), width), pad, np.int64)
+    left_mask = np.zeros((len(n), width), np.int64)
+    for i, k in enumerate(n):
+        left_ids[i, width - k:] = ids[i, :k].numpy()
+        left_mask[i, width - k:] = 1
+    left = run(path, left_ids, left_mask)
+    assert cosines(left, got).min() >= MIN_COSINE["fp16"]
+    np.testing.assert_allclose(left, got, atol=2 * to_bidirectional + 1e-4)
