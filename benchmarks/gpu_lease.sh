@@ -7,6 +7,8 @@
 #   gpu_lease.sh wait     wait up to 9 minutes for the markers of what was started; print the logs' tails
 #   gpu_lease.sh small    lusifer-small: the four rows on 20k rows, then lusifer-embed vs model-only on 200k rows
 #                         (when gpu-200k.parquet was carried)
+#   gpu_lease.sh check    correctness on CUDA: lusifer-small's fp16 exports (fused and unfused) vs PyTorch fp32
+#                         per language (benchmarks.cuda_parity), then the gpu-marked tests (pytest staged)
 #   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows, then
 #                         CUDA kernel time by category
 #   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only, model-only on the graph
@@ -55,6 +57,12 @@ case "${1:-}" in
         --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only --repeats 2 \
         --name gpu_small_200k --out-dir "$OUT"
     fi ;;
+  check)
+    python3 -m benchmarks.cuda_parity --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
+      --export-dir $W/small/export-fp16-unfused --corpus $C/gpu-20k.parquet --out-dir "$OUT" --name cuda_parity_small
+    if python3 -c "import pytest" 2>/dev/null; then
+      python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -15
+    else echo "pytest not staged: gpu-marked tests skipped"; fi ;;
   paper)
     python3 -m benchmarks.gpu_suite "${paper_args[@]}" --repeats 1 --profile --out-dir "$OUT" ;;
   e2e)
@@ -63,5 +71,5 @@ case "${1:-}" in
       --only lusifer-embed,ort-model-only,ort-baseline,lusifer-embed-rayon4,lusifer-embed-ort1 \
       --baseline-export $W/small/export-fp16-unfused --profile \
       --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
-  *) echo "usage: $0 prepare|prepare-small|wait|small|paper|e2e" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e" >&2; exit 2 ;;
 esac

