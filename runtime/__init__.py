@@ -13,7 +13,18 @@ from lusifer.runtime.errors import (
     NoDefaultModelError,
     OutputError,
 )
-from lusifer.runtime.job import EmbedSummary, embed_corpus
+
+_LAZY = {"embed_corpus": "lusifer.runtime.job", "EmbedSummary": "lusifer.runtime.job"}
+
+
+def __getattr__(name: str):
+    """The corpus job (and pyarrow with it) loads on first use: a single-text ``Embedder`` starts faster."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Embedder",

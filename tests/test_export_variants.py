@@ -182,7 +182,7 @@ def test_int8_options_from_the_cli(tiny_factory, tmp_path):
     graph = onnx.load(str(target / "model_int8.onnx"))
     inits = {i.name: i for i in graph.graph.initializer}
     assert not any(n.name.endswith(("_smooth", "_outliers", "_dequant")) for n in graph.graph.node)
-    integer = [n for n in graph.graph.node if n.op_type == "MatMulInteger"]
+    integer = [n for n in graph.graph.node if n.op_type in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")]
     assert integer and all(inits[n.input[1]].data_type == onnx.TensorProto.INT8 for n in integer)
 
 
