@@ -17,6 +17,7 @@ from lusifer.export.folders import (
     check_out_dir,
     make_staging,
     move_into_place,
+    write_compact_tokenizer,
 )
 from lusifer.export.quantize import (
     DEFAULT_OUTLIER_SHARE,
@@ -250,7 +251,8 @@ def export_model(
                 logger.warning("the INT8 graph is left out of this export (int8_required=False): %s", exc)
         remove_tree(work)
 
-        shutil.copyfile(source_tokenizer, staging / TOKENIZER_NAME)
+        write_compact_tokenizer(source_tokenizer, staging / TOKENIZER_NAME)
+        check_tokenizer_file(staging / TOKENIZER_NAME, tokenizer, config.max_length)
         source = {
             "model_dir": str(model_path),
             "architecture": architecture,

@@ -181,3 +181,15 @@ def move_into_place(staging: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_compact_tokenizer(src: Path, dst: Path) -> int:
+    """Copy a ``tokenizer.json`` without its indentation (the same JSON data; XLM-R's 17 MB file becomes 9 MB).
+
+    Returns:
+        The bytes written.
+    """
+    data = json.loads(Path(src).read_text("utf-8"))
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    Path(dst).write_text(text, "utf-8")
+    return len(text.encode("utf-8"))
