@@ -142,7 +142,9 @@ def test_export_is_self_contained_with_the_llm_tokenizer(pipeline):
     manifest = ExportManifest.load(export)
     assert manifest.source["architecture"] == "llm-only" and manifest.source["encoder_model_type"] is None
     assert manifest.source["llm_model_type"] == "llama"
-    assert (export / "tokenizer.json").read_bytes() == (merged / "llm" / "tokenizer.json").read_bytes()
+    # the LLM's tokenizer.json (written compactly: the same JSON data)
+    assert json.loads((export / "tokenizer.json").read_text("utf-8")) == json.loads(
+        (merged / "llm" / "tokenizer.json").read_text("utf-8"))
     model = LusiferModel.from_pretrained(merged)
     assert manifest.pad_token_id == model.tokenizer.pad_token_id and manifest.max_length == 32
     parity = manifest.variants["fp32"].parity
