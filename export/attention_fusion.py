@@ -25,59 +25,13 @@ import logging
 
 import numpy as np
 
+from lusifer.export.onnx_graph import attr, prune, scalar, small_constants, value_shapes
+
 from lusifer.extras import require
 
 logger = logging.getLogger(__name__)
 
 MHA_DOMAIN = "com.microsoft"
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            if a.type == a.INTS:
-                return list(a.ints)
-            if a.type == a.INT:
-                return a.i
-            if a.type == a.FLOAT:
-                return a.f
-    return default
-
-
-def _scalar(name: str, constants: dict) -> float | None:
-    value = constants.get(name)
-    if value is None or value.size != 1:
-        return None
-    return float(value.reshape(-1)[0])
-
-
-def _constants(graph, numpy_helper) -> dict:
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer
-              if len(i.dims) == 0 or (len(i.dims) == 1 and i.dims[0] == 1)}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(a.t)
-    return values
-
-
-def _dims(shapes: dict, name: str) -> list | None:
-    return shapes.get(name)
-
-
-def value_shapes(model, with_types: bool = False):
-    """Tensor name -> dims (ints where known, else symbol names) by ONNX Runtime's symbolic shape inference;
-    with ``with_types`` also tensor name -> ONNX element type."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    shapes, types = {}, {}
-    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                          for d in v.type.tensor_type.shape.dim]
-        types[v.name] = v.type.tensor_type.elem_type
-    return (shapes, types) if with_types else shapes
 
 
 def fuse_attention(model) -> dict[str, int]:
@@ -93,7 +47,7 @@ def fuse_attention(model) -> dict[str, int]:
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     graph = model.graph
     shapes = value_shapes(model)
-    constants = _constants(graph, numpy_helper)
+    constants = small_constants(graph, numpy_helper)
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -129,7 +83,7 @@ def fuse_attention(model) -> dict[str, int]:
         for offset, node in enumerate(nodes):
             graph.node.insert(index + offset, node)
     if fused:
-        _prune(model)
+        prune(model)
         if not any(o.domain == MHA_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MHA_DOMAIN, 1))
     logger.info("fused %d attention blocks into MultiHeadAttention (%d left as they are)", fused, left)
@@ -138,7 +92,7 @@ def fuse_attention(model) -> dict[str, int]:
 
 def _match(softmax, producer, only_consumer, constants, shapes):
     """The pieces of one eager attention around ``softmax``, or ``None`` when the pattern differs."""
-    axis = _attr(softmax, "axis", -1)
+    axis = attr(softmax, "axis", -1)
     if axis not in (-1, 3):
         return None
     add = producer.get(softmax.input[0])
@@ -155,7 +109,7 @@ def _match(softmax, producer, only_consumer, constants, shapes):
     qk = scale = None
     for i in ((0, 1) if scaled.op_type == "Mul" else (0,)):
         p = producer.get(scaled.input[i])
-        c = _scalar(scaled.input[1 - i], constants)
+        c = scalar(scaled.input[1 - i], constants)
         if p is not None and p.op_type == "MatMul" and c:
             qk, scale = p, (c if scaled.op_type == "Mul" else 1.0 / c)
             break
@@ -168,7 +122,7 @@ def _match(softmax, producer, only_consumer, constants, shapes):
     if pv is None or pv.input[0] != softmax.output[0]:
         return None
     out_t = only_consumer(pv.output[0], "Transpose")
-    if out_t is None or _attr(out_t, "perm") != [0, 2, 1, 3]:
+    if out_t is None or attr(out_t, "perm") != [0, 2, 1, 3]:
         return None
     out_reshape = only_consumer(out_t.output[0], "Reshape")
     if out_reshape is None:
@@ -177,7 +131,7 @@ def _match(softmax, producer, only_consumer, constants, shapes):
     if not q_dims or len(q_dims) != 4 or not all(isinstance(d, int) for d in q_dims[1::2]):
         return None  # the head count and size must be known
     heads, size = q_dims[1], q_dims[3]
-    perm = _attr(kt, "perm")
+    perm = attr(kt, "perm")
     if perm == [0, 1, 3, 2]:  # K is [B, N, L, H]
         k = _source(kt.input[0], "bnsh", producer, shapes, heads, size)
     elif perm == [0, 2, 3, 1]:  # K is [B, L, N, H]
@@ -205,7 +159,7 @@ def _source(name: str, layout: str, producer, shapes, heads: int, size: int):
     split = name
     if layout == "bnsh":
         t = producer.get(name)
-        if t is None or t.op_type != "Transpose" or _attr(t, "perm") != [0, 2, 1, 3]:
+        if t is None or t.op_type != "Transpose" or attr(t, "perm") != [0, 2, 1, 3]:
             return None, (layout, name)
         split = t.input[0]
     r = producer.get(split)
@@ -239,19 +193,3 @@ def _as_bnsh(source, what: str, tag: str, nodes: list, helper) -> str:
     nodes.append(helper.make_node("Transpose", [name], [f"{tag}_{what}_bnsh"], name=f"{tag}_{what}_transpose",
                                   perm=[0, 2, 1, 3]))
     return f"{tag}_{what}_bnsh"
-
-
-def _prune(model) -> None:
-    """Drop nodes whose outputs nobody reads (the replaced attention and the shape nodes that fed it)."""
-    graph = model.graph
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)

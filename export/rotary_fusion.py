@@ -19,19 +19,14 @@ import logging
 
 import numpy as np
 
+from lusifer.export.onnx_graph import attr, prune, small_constants, value_shapes
+
 from lusifer.extras import require
 
 logger = logging.getLogger(__name__)
 
 DOMAIN = "com.microsoft"
 INT64_MAX = np.iinfo(np.int64).max
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return list(a.ints) if a.type == a.INTS else a.i
-    return default
 
 
 def fuse_rotary(model, positions: int) -> dict[str, int]:
@@ -45,11 +40,9 @@ def fuse_rotary(model, positions: int) -> dict[str, int]:
         ``{"RotaryEmbedding": fused, "rotary_left": rotate-half patterns left unfused}``.
     """
     onnx = require("onnx", "export")
-    from lusifer.export.attention_fusion import _constants, _prune, value_shapes
-
     graph = model.graph
     shapes, types = value_shapes(model, with_types=True)
-    constants = _constants(graph, onnx.numpy_helper)
+    constants = small_constants(graph, onnx.numpy_helper)
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -82,7 +75,7 @@ def fuse_rotary(model, positions: int) -> dict[str, int]:
             graph.initializer.extend([onnx.numpy_helper.from_array(cos, cos_name),
                                       onnx.numpy_helper.from_array(sin, sin_name)])
     if replacements:
-        _prune(model)
+        prune(model)
         if not any(o.domain == DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     logger.info("fused %d rotary embeddings into RotaryEmbedding (%d left as they are)", len(replacements), left)
@@ -104,7 +97,7 @@ def _slice_bounds(node, constants):
 
 
 def _match(concat, producer, consumers, constants, shapes):
-    if _attr(concat, "axis") not in (-1, 3) or len(concat.input) != 2:
+    if attr(concat, "axis") not in (-1, 3) or len(concat.input) != 2:
         return None
     neg, first = producer.get(concat.input[0]), producer.get(concat.input[1])
     if neg is None or first is None or neg.op_type != "Neg":

@@ -7,7 +7,6 @@ connector).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -1,0 +1,68 @@
+"""Small helpers over ONNX graphs shared by the fp16 fusion passes: attributes, constants, shapes, pruning."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def attr(node, name: str, default=None):
+    """An int, float or ints attribute of ``node`` (``default`` when absent)."""
+    for a in node.attribute:
+        if a.name == name:
+            if a.type == a.INTS:
+                return list(a.ints)
+            if a.type == a.INT:
+                return a.i
+            if a.type == a.FLOAT:
+                return a.f
+    return default
+
+
+def scalar(name: str, constants: dict) -> float | None:
+    """The value of a one-element constant tensor, or ``None``."""
+    value = constants.get(name)
+    if value is None or value.size != 1:
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def small_constants(graph, numpy_helper) -> dict[str, np.ndarray]:
+    """Values of one-element initializers and of ``Constant`` nodes (read without touching external data)."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer
+              if len(i.dims) == 0 or (len(i.dims) == 1 and i.dims[0] == 1)}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(a.t)
+    return values
+
+
+def value_shapes(model, with_types: bool = False):
+    """Tensor name -> dims (ints where known, else symbol names) by ONNX Runtime's symbolic shape inference;
+    with ``with_types`` also tensor name -> ONNX element type."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    shapes, types = {}, {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                          for d in v.type.tensor_type.shape.dim]
+        types[v.name] = v.type.tensor_type.elem_type
+    return (shapes, types) if with_types else shapes
+
+
+def prune(model) -> None:
+    """Drop nodes whose outputs nobody reads (the replaced attention and the shape nodes that fed it)."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
