@@ -33,6 +33,7 @@ from lusifer.export.attention_fusion import fuse_attention
 from lusifer.export.fusion import fuse_norms, working_dir
 from lusifer.export.rotary_fusion import fuse_rotary
 from lusifer.export.onnx_export import save_model
+from lusifer.export.onnx_graph import small_constants
 
 from lusifer.extras import require
 from lusifer.onnx_interface import INPUT_NAMES
@@ -72,19 +73,9 @@ def _is_square(node, constants: dict) -> bool:
     return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
 
 
-def _constant_values(graph, numpy_helper) -> dict:
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer if len(init.dims) <= 1}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
-
-
 def rmsnorm_nodes(graph, numpy_helper) -> set[str]:
     """Nodes of decomposed RMSNorm statistics: ``Pow(x, 2)`` through the ``Mul`` by the inverse RMS."""
-    constants = _constant_values(graph, numpy_helper)
+    constants = small_constants(graph, numpy_helper)
     consumers = _consumers(graph.node)
     blocked: set[str] = set()
     for node in graph.node:

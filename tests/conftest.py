@@ -80,3 +80,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def bidirectional_and_causal(model, ids, mask):
+    """PyTorch embeddings of ``model`` as it is (bidirectional) and with its decoder made causal (the control)."""
+    import torch
+
+    from lusifer.backbones import set_attention_causal
+
+    with torch.no_grad():
+        bidirectional = model(ids, mask).numpy()
+        set_attention_causal(model.llm, True)
+        try:
+            causal = model(ids, mask).numpy()
+        finally:
+            set_attention_causal(model.llm, False)
+    return bidirectional, causal

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MULTILINGUAL_TEXTS
+from conftest import MULTILINGUAL_TEXTS, bidirectional_and_causal
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -21,7 +21,6 @@ from lusifer.export.manifest import sha256_file
 from lusifer.export.validation_texts import LANGUAGES
 
 from lusifer import LusiferModel
-from lusifer.backbones import set_attention_causal
 from lusifer.onnx_interface import MANIFEST_NAME, MIN_COSINE, ExportManifest
 
 # each decoder family once, each encoder at least once
@@ -107,13 +106,7 @@ def test_onnx_attention_is_bidirectional(fp32_exports, models, pair):
     enc = model.tokenize(MULTILINGUAL_TEXTS, kind="document", instruction=INSTRUCTION)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     got = ort_embed(folder, ids.numpy(), mask.numpy())
-    with torch.no_grad():
-        bidirectional = model(ids, mask).numpy()
-        set_attention_causal(model.llm, True)
-        try:
-            causal = model(ids, mask).numpy()
-        finally:
-            set_attention_causal(model.llm, False)
+    bidirectional, causal = bidirectional_and_causal(model, ids, mask)
     to_bidirectional = np.abs(got - bidirectional).max()
     to_causal = np.abs(got - causal).max()
     assert to_bidirectional < 1e-5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MULTILINGUAL_TEXTS
+from conftest import MULTILINGUAL_TEXTS, bidirectional_and_causal
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -231,20 +231,12 @@ def test_fp16_graph_on_cuda_matches_pytorch(fp16_export, model):
 def test_fused_fp16_graph_is_bidirectional_and_padding_side_invariant(fp16_export, model):
     """The fused graph (MultiHeadAttention, RotaryEmbedding) keeps bidirectional attention and gives the same
     vectors for left and right padding (rotary positions follow the mask), within fp16 error."""
-    from lusifer.backbones import set_attention_causal
-
     folder, manifest, _ = fp16_export
     path = folder / manifest.variants["fp16"].file
     enc = model.tokenize(MULTILINGUAL_TEXTS, kind="document")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     got = run(path, ids.numpy(), mask.numpy())
-    with torch.no_grad():
-        bidirectional = model(ids, mask).numpy()
-        set_attention_causal(model.llm, True)
-        try:
-            causal = model(ids, mask).numpy()
-        finally:
-            set_attention_causal(model.llm, False)
+    bidirectional, causal = bidirectional_and_causal(model, ids, mask)
     to_bidirectional, to_causal = np.abs(got - bidirectional).max(), np.abs(got - causal).max()
     assert to_causal > 5 * to_bidirectional, (to_bidirectional, to_causal)
     pad = manifest.pad_token_id
