@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of one lease on the lent H100, after models/lusifer-small/recipe/gpu_setup.sh (which copies
+# The GPU benchmarks of one lease on the lent GPU (H100, now H200), after models/lusifer-small/recipe/gpu_setup.sh (which copies
 # the source, with benchmarks/corpus when carried, to /tmp/src and installs onnxruntime-gpu into /tmp/site).
 #   gpu_lease.sh prepare  start, detached, lusifer-small's merge + fp16 export and the paper-shape random model's
 #                         build + fp16 export (CPU-bound, side by side); markers /tmp/work/{SMALL,PAPER}_DONE
