@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from lusifer.export.attention_fusion import fuse_attention
+from lusifer.export.errors import ExportGraphError
 from lusifer.export.fusion import fuse_norms, working_dir
 from lusifer.export.rotary_fusion import fuse_rotary
 from lusifer.export.onnx_export import save_model
@@ -231,12 +232,20 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
     data_dir = Path(src).resolve().parent
     fused = {}
     if fuse:
-        fused = fuse_norms(model, data_dir)
-        with working_dir(data_dir):
-            if rotary_positions:
-                fused.update(fuse_rotary(model, rotary_positions))
-            fused.update(fuse_attention(model))
-    model = infer_types(model, data_dir) if fuse else onnx.shape_inference.infer_shapes(model)
+        try:
+            fused = fuse_norms(model, data_dir)
+            with working_dir(data_dir):
+                if rotary_positions:
+                    fused.update(fuse_rotary(model, rotary_positions))
+                fused.update(fuse_attention(model))
+            model = infer_types(model, data_dir)
+        except Exception as exc:  # onnxruntime.transformers / shape inference raise many types
+            raise ExportGraphError(
+                f"the fp16 fusion passes failed on {str(src)!r} ({type(exc).__name__}: {exc}); export with "
+                "--no-fp16-fusions (fp16_fusions=False) to keep the traced ops"
+            ) from exc
+    else:
+        model = onnx.shape_inference.infer_shapes(model)
     onnx.external_data_helper.load_external_data_for_model(model, str(Path(src).parent))
     keep = fp32_node_names(model)
     blocked = set().union(*keep.values())

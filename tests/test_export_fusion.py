@@ -156,3 +156,20 @@ def test_bias_gelu_fuses_when_the_bias_is_external_data(tmp_path, monkeypatch):
     want = 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
     session = ort.InferenceSession(str(tmp_path / "g16.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {INPUT_NAMES[0]: x})[0], want, rtol=2e-2, atol=2e-2)
+
+
+def test_a_failing_fusion_pass_names_the_way_out(tmp_path, monkeypatch):
+    """A fusion pass that breaks on some graph stops the export with a typed error naming --no-fp16-fusions."""
+    from lusifer.export import fp16
+    from lusifer.export.errors import ExportGraphError
+
+    _traced_rmsnorm_graph(tmp_path / "g.onnx")
+
+    def broken(model, base_dir=None):
+        raise KeyError("some node")
+
+    monkeypatch.setattr(fp16, "fuse_norms", broken)
+    with pytest.raises(ExportGraphError, match="--no-fp16-fusions"):
+        convert_to_fp16(tmp_path / "g.onnx", tmp_path / "g16.onnx")
+    assert not (tmp_path / "g16.onnx").exists()
+    convert_to_fp16(tmp_path / "g.onnx", tmp_path / "g16.onnx", fuse=False)  # the way out works
