@@ -6,12 +6,15 @@ transformers' eager attention (encoder and decoder alike) is traced as::
         -> Transpose([0,2,1,3]) -> Reshape([B, S, N*H])
 
 with ``Q``, ``K`` and ``V`` in ``[B, N, S, H]`` (after rotary embeddings and, for grouped-query attention, the
-repetition of the key/value heads). Each match becomes::
+repetition of the key/value heads); the encoder's ``K`` is instead transposed in one step,
+``Transpose(K, [0,2,3,1])`` of ``[B, S, N, H]``. Each match becomes::
 
-    MultiHeadAttention(query=Reshape(Transpose(Q, [0,2,1,3]), [B, S, N*H]), key=K, value=V,
-                       attention_bias=mask, num_heads=N, scale=scale)
+    MultiHeadAttention(query=[B, S, N*H], key=K, value=V, attention_bias=mask, num_heads=N, scale=scale)
 
-(com.microsoft; key and value stay ``[B, N, S, H]``; not causal, so bidirectional attention is kept). One
+(com.microsoft; not causal, so bidirectional attention is kept). Where ``Q``, ``K`` and ``V`` are head splits
+(``Reshape``, ``Transpose``) of ``[B, S, N*H]`` projections, as in the encoder, those projections are passed
+directly; otherwise the query is transposed back to ``[B, S, N*H]`` and key and value go in as ``[B, N, S, H]``
+(the decoder, whose ``Q`` and ``K`` come out of the rotary embedding). One
 kernel then does the scaled product, the mask, the softmax (fp32 accumulation) and the weighted sum,
 instead of six kernels and two materialised ``[B, N, S, S]`` score tensors. The mask is the additive
 padding mask the graph already computes; ``MultiHeadAttention`` needs it as ``[B or 1, 1, S, T]``, so an
