@@ -11,7 +11,7 @@ if ls $S/onnxruntime_gpu-*.whl >/dev/null 2>&1; then  # the CUDA build, ahead of
 fi
 if ls $S/pytest-*.whl >/dev/null 2>&1; then  # for the gpu-marked tests (gpu_lease.sh check)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    $S/pytest-*.whl $S/pluggy-*.whl $S/iniconfig-*.whl
+    $S/pytest-*.whl $S/pluggy-*.whl $S/iniconfig-*.whl $S/pygments-*.whl
 fi
 rm -rf /tmp/src && mkdir -p /tmp/src && cp -r lusifer train export runtime benchmarks tests pyproject.toml README.md models /tmp/src/
 (cd /tmp/src && PYTHONPATH=/tmp/site python3 -m pip install -q --no-deps --no-build-isolation -e . )
