@@ -9,7 +9,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 if ls $S/onnxruntime_gpu-*.whl >/dev/null 2>&1; then  # the CUDA build, ahead of the machine's CPU onnxruntime
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $S/onnxruntime_gpu-*.whl
 fi
-if ls $S/pytest-*.whl >/dev/null 2>&1; then  # for the gpu-marked tests (gpu_lease.sh check)
+if ls $S/pytest-*.whl $S/pluggy-*.whl $S/iniconfig-*.whl $S/pygments-*.whl >/dev/null 2>&1; then
+  # for the gpu-marked tests (gpu_lease.sh check); all four wheels or none
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     $S/pytest-*.whl $S/pluggy-*.whl $S/iniconfig-*.whl $S/pygments-*.whl
 fi
