@@ -138,8 +138,9 @@ def export_model(
         int8_required: With ``False``, an INT8 graph that misses ``int8_min_cosine`` is left out of the
             export (a warning, and the reason in ``manifest.source["int8_quantization"]``) instead of
             failing the export.
-        fp16_fusions: Fuse the norms (with their residual Adds), bias+GELU and attention into ONNX Runtime's
-            kernels in the fp16 graph (:mod:`lusifer.export.fusion`, :mod:`lusifer.export.attention_fusion`);
+        fp16_fusions: Fuse the norms (with their residual Adds), bias+GELU, rotary and attention into ONNX
+            Runtime's kernels in the fp16 graph (:mod:`lusifer.export.fusion`, :mod:`lusifer.export.rotary_fusion`,
+            :mod:`lusifer.export.attention_fusion`);
             ``False`` keeps the traced ops, with RMSNorm statistics in fp32.
 
     Returns:

@@ -28,14 +28,11 @@ import logging
 
 import numpy as np
 
-from lusifer.export.onnx_graph import attr, prune, scalar, small_constants, value_shapes
+from lusifer.export.onnx_graph import CONTRIB_DOMAIN, attr, ensure_contrib_opset, prune, scalar, small_constants, value_shapes
 
 from lusifer.extras import require
 
 logger = logging.getLogger(__name__)
-
-MHA_DOMAIN = "com.microsoft"
-
 
 def fuse_attention(model) -> dict[str, int]:
     """Replace every matching eager attention in ``model`` (in place) with ``MultiHeadAttention``.
@@ -77,7 +74,7 @@ def fuse_attention(model) -> dict[str, int]:
         else:  # both [B, N, L, H] (MultiHeadAttention takes 3-D or 4-D key and value, not a mix)
             key, value = _as_bnsh(k, "k", tag, nodes, helper), _as_bnsh(v, "v", tag, nodes, helper)
         nodes.append(helper.make_node("MultiHeadAttention", [query, key, value, "", "", mask], [out_reshape.output[0]],
-                                      name=tag, domain=MHA_DOMAIN, num_heads=int(heads), scale=float(scale)))
+                                      name=tag, domain=CONTRIB_DOMAIN, num_heads=int(heads), scale=float(scale)))
         new_nodes.append((out_reshape, nodes))
         fused += 1
     for anchor, nodes in new_nodes:
@@ -87,11 +84,9 @@ def fuse_attention(model) -> dict[str, int]:
             graph.node.insert(index + offset, node)
     if fused:
         prune(model)
-        if not any(o.domain == MHA_DOMAIN for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(MHA_DOMAIN, 1))
+        ensure_contrib_opset(model)
     logger.info("fused %d attention blocks into MultiHeadAttention (%d left as they are)", fused, left)
     return {"MultiHeadAttention": fused, "attention_left": left}
-
 
 def _match(softmax, producer, only_consumer, constants, shapes):
     """The pieces of one eager attention around ``softmax``, or ``None`` when the pattern differs."""
@@ -150,7 +145,6 @@ def _match(softmax, producer, only_consumer, constants, shapes):
         return None
     return q, k, v, mask, scale, heads, out_reshape
 
-
 def _source(name: str, layout: str, producer, shapes, heads: int, size: int):
     """One of Q/K/V as ``(bsd, (layout, name))``: ``bsd`` is the ``[B, S, N*H]`` tensor that ``name`` splits into
     heads (``Reshape``, then for ``bnsh`` a ``Transpose([0,2,1,3])``), or ``None``; ``(layout, name)`` is the
@@ -172,7 +166,6 @@ def _source(name: str, layout: str, producer, shapes, heads: int, size: int):
             return r.input[0], (layout, name)
     return None, (layout, name)
 
-
 def _as_bsd(source, what: str, tag: str, nodes: list, graph, helper, onnx) -> str:
     """A ``[B, S, N*H]`` tensor for ``source`` (new Transpose/Reshape nodes appended when needed)."""
     bsd, (layout, name) = source
@@ -186,7 +179,6 @@ def _as_bsd(source, what: str, tag: str, nodes: list, graph, helper, onnx) -> st
     graph.initializer.append(shape)
     nodes.append(helper.make_node("Reshape", [name, shape.name], [f"{tag}_{what}_bsd"], name=f"{tag}_{what}_reshape"))
     return f"{tag}_{what}_bsd"
-
 
 def _as_bnsh(source, what: str, tag: str, nodes: list, helper) -> str:
     """A ``[B, N, S, H]`` tensor for ``source`` (a Transpose appended for a ``[B, S, N, H]`` one)."""

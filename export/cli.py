@@ -48,7 +48,8 @@ from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE
 )
 @click.option(
     "--fp16-fusions/--no-fp16-fusions", default=True, show_default=True,
-    help="Fuse norms (with their residual Adds), bias+GELU and attention into ONNX Runtime kernels in the fp16 graph.",
+    help="Fuse norms (with their residual Adds), bias+GELU, rotary and attention into ONNX Runtime kernels in the "
+         "fp16 graph.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(

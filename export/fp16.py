@@ -31,10 +31,10 @@ from pathlib import Path
 
 from lusifer.export.attention_fusion import fuse_attention
 from lusifer.export.errors import ExportGraphError
-from lusifer.export.fusion import fuse_norms, working_dir
+from lusifer.export.fusion import fuse_norms
 from lusifer.export.rotary_fusion import fuse_rotary
 from lusifer.export.onnx_export import save_model
-from lusifer.export.onnx_graph import small_constants
+from lusifer.export.onnx_graph import load_small_external_tensors, small_constants
 
 from lusifer.extras import require
 from lusifer.onnx_interface import INPUT_NAMES
@@ -197,13 +197,11 @@ def make_node_names_unique(model) -> int:
     return renamed
 
 
-def infer_types(model, base_dir: Path | None = None):
-    """Shape/type inference that knows ONNX Runtime's contrib ops (the fused norms); run before the weights load
-    (in ``base_dir``, the folder of the external data, for any tensor it reads)."""
+def infer_types(model):
+    """Shape/type inference that knows ONNX Runtime's contrib ops (the fused ops); run before the weights load."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    with working_dir(base_dir):
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
 
 
 def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bool = True,
@@ -214,7 +212,7 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
         src: The fp32 graph.
         dst: The fp16 graph to write.
         threshold: Initializer bytes above which external data is used.
-        fuse: Fuse normalisations (:func:`lusifer.export.fusion.fuse_norms`) and attention
+        fuse: Fuse normalisations (:func:`lusifer.export.fusion.fuse_norms`), rotary (below) and attention
             (:func:`lusifer.export.attention_fusion.fuse_attention`) first: fewer memory-bound kernels on CUDA.
         rotary_positions: With ``fuse``, also fuse rotary embeddings
             (:func:`lusifer.export.rotary_fusion.fuse_rotary`) with cos/sin tables of this many positions
@@ -229,16 +227,15 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
     # Shape inference (the converter needs every tensor's type) runs before the weights are loaded, so
     # it also works for graphs over protobuf's 2 GB limit.
     model = onnx.load(str(src), load_external_data=False)
-    data_dir = Path(src).resolve().parent
     fused = {}
     if fuse:
         try:
-            fused = fuse_norms(model, data_dir)
-            with working_dir(data_dir):
-                if rotary_positions:
-                    fused.update(fuse_rotary(model, rotary_positions))
-                fused.update(fuse_attention(model))
-            model = infer_types(model, data_dir)
+            load_small_external_tensors(model, Path(src).parent)  # what the passes read; large weights stay on disk
+            fused = fuse_norms(model)
+            if rotary_positions:
+                fused.update(fuse_rotary(model, rotary_positions))
+            fused.update(fuse_attention(model))
+            model = infer_types(model)
         except Exception as exc:  # onnxruntime.transformers / shape inference raise many types
             raise ExportGraphError(
                 f"the fp16 fusion passes failed on {str(src)!r} ({type(exc).__name__}: {exc}); export with "

@@ -12,17 +12,16 @@ ONNX Runtime's fused kernels, which read fp16 and accumulate their statistics in
 
 Attention is fused separately (:mod:`lusifer.export.attention_fusion`); ONNX Runtime's rotary, embedding and
 attention passes are not used (their patterns assume other exporters, and the encoder's position ids depend on
-padding). Residual Adds are same-shaped in every supported architecture, so
-the fusions run without ONNX Runtime's symbolic shape inference (which cannot run over graphs above 2 GB);
-the export's parity validation against PyTorch checks the result either way.
+padding). Residual Adds are same-shaped in every supported architecture, so the skip fusions run without the
+shape checks of ONNX Runtime's symbolic shape inference; the export's parity validation against PyTorch checks
+the result either way.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from pathlib import Path
+
+from lusifer.export.onnx_graph import ensure_contrib_opset
 
 from lusifer.extras import require
 
@@ -37,31 +36,15 @@ FUSED_OPS = (
 )
 
 
-@contextlib.contextmanager
-def working_dir(path: Path | None):
-    """Run a block in ``path`` (``None``: where we are)."""
-    if path is None:
-        yield
-        return
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def fuse_norms(model, base_dir: str | os.PathLike | None = None) -> dict[str, int]:
+def fuse_norms(model) -> dict[str, int]:
     """Rewrite RMSNorm/LayerNorm (with their residual Adds) and bias+GELU of ``model`` as fused ONNX Runtime ops.
 
-    Works in place on a ModelProto whose large initializers may still be external: the graph structure and
-    small constants are read, and the few tensors a fusion reads (the bias of ``BiasGelu``) come from the
-    external data file in ``base_dir``.
+    Works in place on a ModelProto whose large initializers may still be external: the passes read the graph
+    structure and small tensors only (the bias of ``BiasGelu``, which must be in memory:
+    :func:`lusifer.export.onnx_graph.load_small_external_tensors`).
 
     Args:
         model: The fp32 ModelProto.
-        base_dir: Folder of the graph's external data (the passes read it relative to the working directory,
-            so they run there); ``None`` when every tensor is in memory.
 
     Returns:
         Count of each fused op type in the graph afterwards.
@@ -86,25 +69,21 @@ def fuse_norms(model, base_dir: str | os.PathLike | None = None) -> dict[str, in
     for q in quiet:
         q.setLevel(logging.WARNING)
     try:
-        with working_dir(None if base_dir is None else Path(base_dir)):
-            FusionUtils(wrapped).remove_identity_nodes()
-            FusionLayerNormalization(wrapped).apply()
-            FusionSimplifiedLayerNormalization(wrapped).apply()
-            FusionGelu(wrapped).apply()
-            FusionSkipLayerNormalization(wrapped, shape_infer=False).apply()
-            FusionSkipLayerNormalization(
-                wrapped, "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", shape_infer=False,
-            ).apply()
-            FusionBiasGelu(wrapped, is_fastgelu=False).apply()
-            wrapped.prune_graph()
-            wrapped.topological_sort()
+        FusionUtils(wrapped).remove_identity_nodes()
+        FusionLayerNormalization(wrapped).apply()
+        FusionSimplifiedLayerNormalization(wrapped).apply()
+        FusionGelu(wrapped).apply()
+        FusionSkipLayerNormalization(wrapped, shape_infer=False).apply()
+        FusionSkipLayerNormalization(
+            wrapped, "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", shape_infer=False,
+        ).apply()
+        FusionBiasGelu(wrapped, is_fastgelu=False).apply()
+        wrapped.prune_graph()
+        wrapped.topological_sort()
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
-    if any(n.domain == "com.microsoft" for n in model.graph.node) and not any(
-        o.domain == "com.microsoft" for o in model.opset_import
-    ):
-        model.opset_import.append(require("onnx", "export").helper.make_opsetid("com.microsoft", 1))
+    ensure_contrib_opset(model)
     counts = {op: sum(1 for n in model.graph.node if n.op_type == op) for op in FUSED_OPS}
     logger.info("fused normalisation ops: %s (%d fp32 -> fp32 casts removed first)",
                 ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none", removed)

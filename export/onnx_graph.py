@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+CONTRIB_DOMAIN = "com.microsoft"
+SMALL_TENSOR_BYTES = 1 << 20
 
 
 def attr(node, name: str, default=None):
@@ -66,3 +71,32 @@ def prune(model) -> None:
     used = {i for n in graph.node for i in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
+
+
+def ensure_contrib_opset(model) -> None:
+    """Declare the com.microsoft opset when the graph uses one of ONNX Runtime's contrib ops."""
+    from onnx import helper
+
+    if any(n.domain == CONTRIB_DOMAIN for n in model.graph.node) and not any(
+        o.domain == CONTRIB_DOMAIN for o in model.opset_import
+    ):
+        model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+
+
+def load_small_external_tensors(model, base_dir: str | Path, limit: int = SMALL_TENSOR_BYTES) -> int:
+    """Load external initializers of at most ``limit`` bytes (biases, norm weights, rotary frequencies) into
+    ``model``, so the fusion passes can read them while the large weights stay on disk. Returns how many."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    loaded = 0
+    for init in model.graph.initializer:
+        if not uses_external_data(init):
+            continue
+        length = int({e.key: e.value for e in init.external_data}.get("length", limit + 1))
+        if length <= limit:
+            load_external_data_for_tensor(init, str(base_dir))
+            init.data_location = TensorProto.DEFAULT
+            del init.external_data[:]
+            loaded += 1
+    return loaded

@@ -19,21 +19,19 @@ import logging
 
 import numpy as np
 
-from lusifer.export.onnx_graph import attr, prune, small_constants, value_shapes
+from lusifer.export.onnx_graph import CONTRIB_DOMAIN, attr, ensure_contrib_opset, prune, small_constants, value_shapes
 
 from lusifer.extras import require
 
 logger = logging.getLogger(__name__)
 
-DOMAIN = "com.microsoft"
 INT64_MAX = np.iinfo(np.int64).max
-
 
 def fuse_rotary(model, positions: int) -> dict[str, int]:
     """Replace every matching rotary embedding of ``model`` (in place) with ``RotaryEmbedding``.
 
     Args:
-        model: The fp32 ModelProto (large tensors may be external; run in their folder).
+        model: The fp32 ModelProto (large tensors may be external; small ones must be in memory).
         positions: Rows of the cos/sin tables (the largest position id the graph may see, plus one).
 
     Returns:
@@ -68,19 +66,17 @@ def fuse_rotary(model, positions: int) -> dict[str, int]:
         graph.node.remove(add)
         graph.node.insert(index, onnx.helper.make_node(
             "RotaryEmbedding", [x, pos, cos_name, sin_name], [add.output[0]], name=f"{add.name}_rotary",
-            domain=DOMAIN, interleaved=0))
-    for found in tables.values():
-        if found is not None and any(r[2] is found for r in replacements):
+            domain=CONTRIB_DOMAIN, interleaved=0))
+    for found in tables.values():  # every table found is used by at least one replacement
+        if found is not None:
             _, cos_name, sin_name, cos, sin = found
             graph.initializer.extend([onnx.numpy_helper.from_array(cos, cos_name),
                                       onnx.numpy_helper.from_array(sin, sin_name)])
     if replacements:
         prune(model)
-        if not any(o.domain == DOMAIN for o in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+        ensure_contrib_opset(model)
     logger.info("fused %d rotary embeddings into RotaryEmbedding (%d left as they are)", len(replacements), left)
     return {"RotaryEmbedding": len(replacements), "rotary_left": left}
-
 
 def _slice_bounds(node, constants):
     """``(start, end)`` of a last-axis, step-1 Slice (``None`` for a bound computed at run time)."""
@@ -94,7 +90,6 @@ def _slice_bounds(node, constants):
         return None
     start, end = constants.get(node.input[1]), constants.get(node.input[2])
     return (None if start is None else int(start.reshape(-1)[0]), None if end is None else int(end.reshape(-1)[0]))
-
 
 def _match(concat, producer, consumers, constants, shapes):
     if attr(concat, "axis") not in (-1, 3) or len(concat.input) != 2:
@@ -134,7 +129,6 @@ def _match(concat, producer, consumers, constants, shapes):
             return None
     return x, cos_u, sin_u, add
 
-
 def _position_ids(cos_u, producer, shapes, types, seq_dim) -> str | None:
     """The int64 ``[B, S]`` tensor the cos table is computed from (nearest one upstream)."""
     int64 = 7
@@ -151,7 +145,6 @@ def _position_ids(cos_u, producer, shapes, types, seq_dim) -> str | None:
         if node is not None and len(seen) < 64:
             frontier.extend(i for i in node.input if i)
     return None
-
 
 def _tables(model, cos_u, sin_u, producer, shapes, types, positions, index):
     """``(position ids, cos name, sin name, cos [P, H/2], sin [P, H/2])`` for one cos/sin pair, or ``None``."""

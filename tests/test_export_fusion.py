@@ -165,7 +165,7 @@ def test_a_failing_fusion_pass_names_the_way_out(tmp_path, monkeypatch):
 
     _traced_rmsnorm_graph(tmp_path / "g.onnx")
 
-    def broken(model, base_dir=None):
+    def broken(model):
         raise KeyError("some node")
 
     monkeypatch.setattr(fp16, "fuse_norms", broken)
