@@ -107,7 +107,8 @@ def prepare(args, work: Path) -> tuple[Path, Path, dict]:
 
 
 def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path, flop_check: bool) -> dict:
-    plan_opts = ["--export", export, "--corpus", corpus, "--device", args.device, "--warmup", args.warmup,
+    graph = args.baseline_export if name == "ort-baseline" else export
+    plan_opts = ["--export", graph, "--corpus", corpus, "--device", args.device, "--warmup", args.warmup,
                  "--window-rows", args.window_rows, "--token-budget", args.token_budget,
                  "--max-batch-rows", args.max_batch_rows]
     if name == "lusifer-embed" or name in EMBED_VARIANTS:
@@ -125,8 +126,6 @@ def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path
              "padded_tokens": s["padded_tokens"], "provider": s["provider"], "variant": s["variant"],
              "warmup_seconds": s.get("warmup_seconds"), "timing": s.get("timing")}
     elif name in ("ort-model-only", "ort-baseline"):
-        if name == "ort-baseline":
-            plan_opts[1] = args.baseline_export
         child = run_child(worker_cmd("ort-batches", "--variant", "fp16", "--plan", "window", *plan_opts), name)
         r = child.result
     else:

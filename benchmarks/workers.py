@@ -220,7 +220,8 @@ def ort_profile(args) -> dict:
     total = sum(v[1] for v in kernels.values())
     by_cat: dict[str, float] = {}
     for name, (_, sec) in kernels.items():
-        by_cat[kernel_category(name)] = by_cat.get(kernel_category(name), 0.0) + sec
+        category = kernel_category(name)
+        by_cat[category] = by_cat.get(category, 0.0) + sec
     top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[: args.top]
     counts = _counts(tokens, batches)
     return {"batches_profiled": len(chosen), "tokens_profiled": int(sum(int(b.attention_mask.sum()) for b in chosen)),
