@@ -15,6 +15,11 @@
 #                         without the fp16 fusions (ort-baseline), lusifer-embed with RAYON_NUM_THREADS=4 set
 #                         from outside and with --threads 1, E2E_REPEATS rounds (default 2) in turn, then CUDA
 #                         kernel time by category for both graphs
+#   gpu_lease.sh all      everything above in one detached driver (run-all): lusifer-small's 700-step training
+#                         (when gpu-data.tgz was staged; recipe/gpu_train_all.sh full) on the GPU while the
+#                         exports run on the CPU; check alongside; then evaluation of the trained model
+#                         (recipe/gpu_eval_full.sh), paper and e2e (E2E_REPEATS=1) with the GPU to themselves
+#   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, copying /tmp/results to $OUT
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
 set -uo pipefail
 # TOKENIZERS_PARALLELISM stays unset, as in a user's run (lusifer-embed on CUDA caps the pool at 4 threads itself)
@@ -71,5 +76,41 @@ case "${1:-}" in
       --only lusifer-embed,ort-model-only,ort-baseline,lusifer-embed-rayon4,lusifer-embed-ort1 \
       --baseline-export $W/small/export-fp16-unfused --profile \
       --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
-  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e" >&2; exit 2 ;;
+  all)  # one lease, everything: detached driver (run-all) that trains while the CPU-bound exports run
+    mkdir -p $W /tmp/results
+    setsid nohup bash "$0" run-all > $W/driver.log 2>&1 < /dev/null &
+    sleep 2; echo launched ;;
+  run-all)
+    # 1. lusifer-small's 700-step training on the GPU while the exports (CPU) are prepared
+    R=/tmp/src/models/lusifer-small/recipe
+    if [ -f /tmp/data/stage2_pairs.jsonl ]; then
+      mkdir -p /tmp/runs
+      setsid nohup bash -c "S2_FULL_STEPS=${S2_FULL_STEPS:-700} GC=${GC:-null} bash $R/gpu_train_all.sh full; echo \$? > $W/TRAIN_DONE" \
+        > $W/train.log 2>&1 < /dev/null &
+    else echo 0 > $W/TRAIN_DONE; fi
+    bash "$0" prepare
+    until [ -f $W/SMALL_DONE ]; do sleep 5; done
+    # 2. correctness on CUDA (alongside training: not a timing)
+    mkdir -p /tmp/results/check && OUT=/tmp/results/check bash "$0" check > /tmp/results/check/check.log 2>&1
+    touch /tmp/results/CHECK_DONE
+    # 3. evaluate the trained model, keep its small weights
+    until [ -f $W/TRAIN_DONE ]; do sleep 5; done
+    if [ -d /tmp/runs/full-merged ]; then
+      mkdir -p /tmp/results/train && OUT=/tmp/results/train bash $R/gpu_eval_full.sh > /tmp/results/train/eval.log 2>&1
+    fi
+    touch /tmp/results/TRAIN_EVAL_DONE
+    # 4. timings, the GPU to themselves
+    until [ -f $W/PAPER_DONE ]; do sleep 5; done
+    mkdir -p /tmp/results/paper && OUT=/tmp/results/paper bash "$0" paper > /tmp/results/paper/paper.log 2>&1
+    touch /tmp/results/PAPER_DONE
+    mkdir -p /tmp/results/e2e && OUT=/tmp/results/e2e E2E_REPEATS=${E2E_REPEATS:-1} bash "$0" e2e > /tmp/results/e2e/e2e.log 2>&1
+    touch /tmp/results/ALL_DONE ;;
+  collect)  # wait up to COLLECT_S (default 540) for the driver, copying results to $OUT as they come
+    for _ in $(seq $(( ${COLLECT_S:-540} / 10 ))); do
+      cp -r /tmp/results/. "$OUT/" 2>/dev/null; [ -f /tmp/results/ALL_DONE ] && break; sleep 10
+    done
+    cp -r /tmp/results/. "$OUT/" 2>/dev/null
+    ls /tmp/results; tail -n 5 $W/driver.log $W/train.log /tmp/runs/full.log 2>/dev/null
+    tail -n 2 /tmp/runs/full-s*/metrics.jsonl 2>/dev/null; tail -c 600 $W/*_prepare.log ;;
+  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|all|collect" >&2; exit 2 ;;
 esac
