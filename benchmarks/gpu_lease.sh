@@ -19,7 +19,8 @@
 #                         (when gpu-data.tgz was staged; recipe/gpu_train_all.sh full) on the GPU while the
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
 #                         (recipe/gpu_eval_full.sh), paper and e2e (E2E_REPEATS=1) with the GPU to themselves
-#   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, copying /tmp/results to $OUT
+#   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
+#                         $OUT/results.tgz (+ the trained weights beside it: a call returns at most 8 files)
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
 set -uo pipefail
 # TOKENIZERS_PARALLELISM stays unset, as in a user's run (lusifer-embed on CUDA caps the pool at 4 threads itself)
@@ -105,12 +106,19 @@ case "${1:-}" in
     touch /tmp/results/PAPER_DONE
     mkdir -p /tmp/results/e2e && OUT=/tmp/results/e2e E2E_REPEATS=${E2E_REPEATS:-1} bash "$0" e2e > /tmp/results/e2e/e2e.log 2>&1
     touch /tmp/results/ALL_DONE ;;
-  collect)  # wait up to COLLECT_S (default 540) for the driver, copying results to $OUT as they come
+  collect)  # wait up to COLLECT_S (default 540) for the driver, bundling results into $OUT as they come:
+    # a call brings back at most 8 files of at most 16 MiB each, so everything but the weights goes into one
+    # results.tgz and the two weight files travel beside it
+    bundle() {
+      tar czf "$OUT/results.tgz.part" --exclude='*.safetensors' -C /tmp/results . 2>/dev/null \
+        && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
+      cp /tmp/results/train/*.safetensors "$OUT/" 2>/dev/null
+    }
     for _ in $(seq $(( ${COLLECT_S:-540} / 10 ))); do
-      cp -r /tmp/results/. "$OUT/" 2>/dev/null; [ -f /tmp/results/ALL_DONE ] && break; sleep 10
+      bundle; [ -f /tmp/results/ALL_DONE ] && break; sleep 10
     done
-    cp -r /tmp/results/. "$OUT/" 2>/dev/null
-    ls /tmp/results; tail -n 5 $W/driver.log $W/train.log /tmp/runs/full.log 2>/dev/null
+    bundle
+    ls /tmp/results; tail -n 5 $W/driver.log $W/train.log 2>/dev/null; tail -c 400 /tmp/runs/full.log 2>/dev/null
     tail -n 2 /tmp/runs/full-s*/metrics.jsonl 2>/dev/null; tail -c 600 $W/*_prepare.log ;;
   *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|all|collect" >&2; exit 2 ;;
 esac

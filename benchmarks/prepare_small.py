@@ -25,7 +25,8 @@ from benchmarks.common import REPO_ROOT, BenchmarkError, fail, require_dir, run_
 logger = logging.getLogger(__name__)
 
 EXPORTS = {"fp32": ["--dtype", "fp32"], "int8": ["--dtype", "fp32", "--quantize", "int8"], "fp16": ["--dtype", "fp16"],
-           "fp16-unfused": ["--dtype", "fp16", "--no-fp16-fusions"]}
+           "fp16-unfused": ["--dtype", "fp16", "--fp16-fusions", "none"],
+           "fp16-all": ["--dtype", "fp16", "--fp16-fusions", "all"]}
 
 
 def build_merged(base: Path, weights: Path, out: Path) -> Path:

@@ -29,7 +29,9 @@ from lusifer.export.quantize import (
 
 from lusifer.extras import require
 from lusifer.onnx_interface import (
+    DEFAULT_FP16_FUSIONS,
     DEFAULT_OPSET,
+    FP16_FUSIONS,
     MIN_COSINE,
     TOKENIZER_NAME,
     VARIANT_FILES,
@@ -107,7 +109,7 @@ def export_model(
     int8_embeddings: bool = True,
     int8_outlier_share: float = DEFAULT_OUTLIER_SHARE,
     int8_required: bool = True,
-    fp16_fusions: bool = True,
+    fp16_fusions: str = DEFAULT_FP16_FUSIONS,
 ) -> ExportManifest:
     """Export a saved LusiferModel to a self-contained ONNX folder and validate every graph.
 
@@ -138,10 +140,12 @@ def export_model(
         int8_required: With ``False``, an INT8 graph that misses ``int8_min_cosine`` is left out of the
             export (a warning, and the reason in ``manifest.source["int8_quantization"]``) instead of
             failing the export.
-        fp16_fusions: Fuse the norms (with their residual Adds), bias+GELU, rotary and attention into ONNX
-            Runtime's kernels in the fp16 graph (:mod:`lusifer.export.fusion`, :mod:`lusifer.export.rotary_fusion`,
-            :mod:`lusifer.export.attention_fusion`);
-            ``False`` keeps the traced ops, with RMSNorm statistics in fp32.
+        fp16_fusions: Which traced ops of the fp16 graph become ONNX Runtime kernels
+            (:data:`lusifer.onnx_interface.FP16_FUSIONS`): ``"norm"`` (default) the norms with their residual Adds and
+            bias+GELU (:mod:`lusifer.export.fusion`); ``"all"`` also rotary and attention
+            (:mod:`lusifer.export.rotary_fusion`, :mod:`lusifer.export.attention_fusion`; slower on Hopper with
+            ONNX Runtime 1.31, see :mod:`lusifer.export.fp16`); ``"none"`` keeps the traced ops, with RMSNorm
+            statistics in fp32.
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -156,9 +160,10 @@ def export_model(
         outlier_share=int8_outlier_share,
     )
     check_options(dtype, quantize, opset, int8_min_cosine, int8_options)
-    for name, value in (("int8_required", int8_required), ("fp16_fusions", fp16_fusions)):
-        if not isinstance(value, bool):
-            raise ExportOptionError(f"{name}={value!r} must be True or False")
+    if not isinstance(int8_required, bool):
+        raise ExportOptionError(f"int8_required={int8_required!r} must be True or False")
+    if fp16_fusions not in FP16_FUSIONS:
+        raise ExportOptionError(f"fp16_fusions={fp16_fusions!r} must be one of {', '.join(FP16_FUSIONS)}")
     for module in ("torch", "transformers", "onnx", "onnxruntime"):
         require(module, "export", purpose="export a LUSIFER model to ONNX")
     model_path, architecture, encoder_type, llm_type, tokenizer_dir = check_model_dir(model_dir)

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 from lusifer.export.api import export_model
+from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, FP16_FUSIONS
 
 
 def run(
     model_dir: str, out_dir: str, dtype: str = "fp32", quantize: str | None = None, int8_min_cosine: float = 0.98,
-    fp16_fusions: bool = True,
+    fp16_fusions: str = DEFAULT_FP16_FUSIONS,
 ) -> dict:
     """Export ``model_dir`` into ``out_dir`` and return timing, sizes and parity figures."""
     started = time.perf_counter()
@@ -72,12 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--quantize", choices=["int8"], default=None)
     parser.add_argument("--int8-min-cosine", type=float, default=0.98)
-    parser.add_argument("--no-fp16-fusions", action="store_true", help="keep the traced norm ops in the fp16 graph")
+    parser.add_argument("--fp16-fusions", choices=FP16_FUSIONS, default=DEFAULT_FP16_FUSIONS,
+                        help="fp16 graph fusions (lusifer-export --fp16-fusions)")
+    parser.add_argument("--no-fp16-fusions", action="store_true", help="same as --fp16-fusions none")
     parser.add_argument("--json", dest="json_file", default=None, help="Also write the report to this file.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = run(args.model_dir, args.out_dir, args.dtype, args.quantize, args.int8_min_cosine,
-                 not args.no_fp16_fusions)
+                 "none" if args.no_fp16_fusions else args.fp16_fusions)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_file:

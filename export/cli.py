@@ -9,7 +9,7 @@ import click
 from lusifer.export.int8_graph import WEIGHT_TYPES
 from lusifer.export.quantize import DEFAULT_OUTLIER_SHARE, DEFAULT_SMOOTH_ALPHA, DEFAULT_WEIGHT_TYPE
 
-from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE
+from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, DEFAULT_OPSET, FP16_FUSIONS, MIN_COSINE
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,10 +47,12 @@ from lusifer.onnx_interface import DEFAULT_OPSET, MIN_COSINE
     help="Leave the INT8 graph out (with a warning) instead of failing when it misses --int8-min-cosine.",
 )
 @click.option(
-    "--fp16-fusions/--no-fp16-fusions", default=True, show_default=True,
-    help="Fuse norms (with their residual Adds), bias+GELU, rotary and attention into ONNX Runtime kernels in the "
-         "fp16 graph.",
+    "--fp16-fusions", type=click.Choice(FP16_FUSIONS), default=DEFAULT_FP16_FUSIONS, show_default=True,
+    help="Traced ops of the fp16 graph fused into ONNX Runtime kernels: norm = norms with their residual Adds and "
+         "bias+GELU; all = also rotary and attention (slower on Hopper GPUs with ONNX Runtime 1.31: cuDNN "
+         "attention); none = the traced ops.",
 )
+@click.option("--no-fp16-fusions", is_flag=True, help="Same as --fp16-fusions none.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(
     model_dir: str,
@@ -65,7 +67,8 @@ def main(
     int8_embeddings: bool,
     int8_outlier_share: float,
     int8_optional: bool,
-    fp16_fusions: bool,
+    fp16_fusions: str,
+    no_fp16_fusions: bool,
     quiet: bool,
 ) -> None:
     """Export a LUSIFER model folder to a self-contained, validated ONNX folder.
@@ -96,7 +99,7 @@ def main(
             int8_embeddings=int8_embeddings,
             int8_outlier_share=int8_outlier_share,
             int8_required=not int8_optional,
-            fp16_fusions=fp16_fusions,
+            fp16_fusions="none" if no_fp16_fusions else fp16_fusions,
         )
     except (ExportError, MissingExtraError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

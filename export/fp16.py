@@ -4,10 +4,14 @@ The graph is traced in fp32 and converted with ``onnxruntime.transformers.float1
 int64 inputs stay int64 and the output ``embedding`` stays float32). A ``.half()`` trace is avoided: the
 TorchScript exporter then binds LayerNormalization to mixed float/float16 inputs, which ONNX Runtime rejects.
 
-Before conversion (``fuse``, the default) the traced ops are fused into ONNX Runtime kernels: norms with their
-residual Adds and bias+GELU (:mod:`lusifer.export.fusion`), rotary embeddings (:mod:`lusifer.export.rotary_fusion`:
+Before conversion the traced ops can be fused into ONNX Runtime kernels (``fuse``, one of
+:data:`lusifer.onnx_interface.FP16_FUSIONS`): ``"norm"`` (the default) fuses norms with their residual Adds and bias+GELU
+(:mod:`lusifer.export.fusion`); ``"all"`` also fuses rotary embeddings (:mod:`lusifer.export.rotary_fusion`:
 cos/sin tables computed in fp32 at export, stored in fp16 like the cos/sin a fp16 PyTorch model uses) and
-attention (:mod:`lusifer.export.attention_fusion`). The fused kernels read and write fp16 and accumulate their
+attention (:mod:`lusifer.export.attention_fusion`). ``"all"`` is not the default: on an H200 with ONNX Runtime
+1.31 the fused attention ran on cuDNN SDPA, which ONNX Runtime prefers on Hopper, and lusifer-small's graph ran
+27% slower than the unfused one over the varying batch shapes of a corpus, although its kernels took less time
+(``benchmarks/results/h200/gpu_small_200k_e2e_all_fusions.md``). The fused kernels read and write fp16 and accumulate their
 statistics (norm variance, softmax) in fp32.
 
 What stays in fp32 (the converter inserts the casts):
@@ -35,6 +39,7 @@ from lusifer.export.fusion import fuse_norms
 from lusifer.export.rotary_fusion import fuse_rotary
 from lusifer.export.onnx_export import save_model
 from lusifer.export.onnx_graph import load_small_external_tensors, small_constants
+from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, FP16_FUSIONS
 
 from lusifer.extras import require
 from lusifer.onnx_interface import INPUT_NAMES
@@ -204,7 +209,7 @@ def infer_types(model):
     return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
 
 
-def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bool = True,
+def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: str = DEFAULT_FP16_FUSIONS,
                     rotary_positions: int | None = None) -> list[Path]:
     """Convert the fp32 graph at ``src`` into an fp16 graph at ``dst`` (int64 inputs, float32 output).
 
@@ -212,9 +217,10 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
         src: The fp32 graph.
         dst: The fp16 graph to write.
         threshold: Initializer bytes above which external data is used.
-        fuse: Fuse normalisations (:func:`lusifer.export.fusion.fuse_norms`), rotary (below) and attention
-            (:func:`lusifer.export.attention_fusion.fuse_attention`) first: fewer memory-bound kernels on CUDA.
-        rotary_positions: With ``fuse``, also fuse rotary embeddings
+        fuse: One of :data:`lusifer.onnx_interface.FP16_FUSIONS`: ``"norm"`` fuses normalisations and bias+GELU
+            (:func:`lusifer.export.fusion.fuse_norms`) first; ``"all"`` also rotary (below) and attention
+            (:func:`lusifer.export.attention_fusion.fuse_attention`); ``"none"`` keeps the traced ops.
+        rotary_positions: With ``fuse="all"``, also fuse rotary embeddings
             (:func:`lusifer.export.rotary_fusion.fuse_rotary`) with cos/sin tables of this many positions
             (more than the largest position id the graph can see); ``None`` leaves them as traced.
 
@@ -227,19 +233,22 @@ def convert_to_fp16(src: Path, dst: Path, threshold: int | None = None, fuse: bo
     # Shape inference (the converter needs every tensor's type) runs before the weights are loaded, so
     # it also works for graphs over protobuf's 2 GB limit.
     model = onnx.load(str(src), load_external_data=False)
+    if fuse not in FP16_FUSIONS:
+        raise ValueError(f"fuse={fuse!r} must be one of {', '.join(FP16_FUSIONS)}")
     fused = {}
-    if fuse:
+    if fuse != "none":
         try:
             load_small_external_tensors(model, Path(src).parent)  # what the passes read; large weights stay on disk
             fused = fuse_norms(model)
-            if rotary_positions:
-                fused.update(fuse_rotary(model, rotary_positions))
-            fused.update(fuse_attention(model))
+            if fuse == "all":
+                if rotary_positions:
+                    fused.update(fuse_rotary(model, rotary_positions))
+                fused.update(fuse_attention(model))
             model = infer_types(model)
         except Exception as exc:  # onnxruntime.transformers / shape inference raise many types
             raise ExportGraphError(
                 f"the fp16 fusion passes failed on {str(src)!r} ({type(exc).__name__}: {exc}); export with "
-                "--no-fp16-fusions (fp16_fusions=False) to keep the traced ops"
+                "--fp16-fusions none (fp16_fusions='none') to keep the traced ops"
             ) from exc
     else:
         model = onnx.shape_inference.infer_shapes(model)

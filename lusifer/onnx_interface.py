@@ -30,6 +30,9 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 # ---- variants and their parity tolerances (vs PyTorch fp32) -----------------------------------------
 VARIANT_FILES: dict[str, str] = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 MIN_COSINE: dict[str, float] = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
+# fp16 graph fusion levels (lusifer.export.fp16): traced ops; norms + bias/GELU; also rotary and attention
+FP16_FUSIONS: tuple[str, ...] = ("none", "norm", "all")
+DEFAULT_FP16_FUSIONS = "norm"
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"

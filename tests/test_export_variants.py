@@ -49,7 +49,8 @@ def fp16_export(tiny_factory, tmp_path_factory, one_torch_thread):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("lusifer.export.onnx_export.EXTERNAL_DATA_THRESHOLD_BYTES", 0)
-            manifest = export_model(tiny_factory(*PAIR), target, dtype="fp16", quantize="int8", overwrite=True)
+            manifest = export_model(tiny_factory(*PAIR), target, dtype="fp16", quantize="int8", overwrite=True,
+                                    fp16_fusions="all")
     finally:
         export_logger.removeHandler(records)
         export_logger.setLevel(level)
