@@ -7,14 +7,14 @@
 #   gpu_lease.sh wait     wait up to 9 minutes for the markers of what was started; print the logs' tails
 #   gpu_lease.sh small    lusifer-small: the four rows on 20k rows, then lusifer-embed vs model-only on 200k rows
 #                         (when gpu-200k.parquet was carried)
-#   gpu_lease.sh check    correctness on CUDA: lusifer-small's fp16 exports (fused and unfused) vs PyTorch fp32
-#                         per language (benchmarks.cuda_parity), then the gpu-marked tests (pytest staged)
+#   gpu_lease.sh check    correctness on CUDA: lusifer-small's fp16 exports (--fp16-fusions norm, none, all)
+#                         vs PyTorch fp32 per language (benchmarks.cuda_parity), then the gpu-marked tests
 #   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows, then
 #                         CUDA kernel time by category
 #   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only, model-only on the graph
-#                         without the fp16 fusions (ort-baseline), lusifer-embed with RAYON_NUM_THREADS=4 set
-#                         from outside and with --threads 1, E2E_REPEATS rounds (default 2) in turn, then CUDA
-#                         kernel time by category for both graphs
+#                         without fusions (ort-baseline) and on the --fp16-fusions all graph with ONNX Runtime's
+#                         attention kernel and without cuDNN attention (ort-attention, ort-attention-no-cudnn),
+#                         E2E_REPEATS rounds (default 2) in turn, then CUDA kernel time by category
 #   gpu_lease.sh all      everything above in one detached driver (run-all): lusifer-small's 700-step training
 #                         (when gpu-data.tgz was staged; recipe/gpu_train_all.sh full) on the GPU while the
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
@@ -34,7 +34,7 @@ paper_args=(--shape paper --decoder-layers "$L" --tokenizer /tmp/base/encoder-me
             --work-dir $W/gpu)
 prepare_small() {
   mkdir -p $W && echo small >> $W/STARTED
-  setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16,fp16-unfused; \
+  setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16,fp16-unfused,fp16-all; \
     echo \$? > $W/SMALL_DONE" > $W/small_prepare.log 2>&1 < /dev/null &
 }
 case "${1:-}" in
@@ -65,7 +65,7 @@ case "${1:-}" in
     fi ;;
   check)
     python3 -m benchmarks.cuda_parity --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
-      --export-dir $W/small/export-fp16-unfused --corpus $C/gpu-20k.parquet --out-dir "$OUT" --name cuda_parity_small
+      --export-dir $W/small/export-fp16-unfused --export-dir $W/small/export-fp16-all --corpus $C/gpu-20k.parquet --out-dir "$OUT" --name cuda_parity_small
     if python3 -c "import pytest" 2>/dev/null; then
       python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -15
     else echo "pytest not staged: gpu-marked tests skipped"; fi ;;
@@ -74,8 +74,8 @@ case "${1:-}" in
   e2e)
     python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
       --corpus $C/gpu-200k.parquet --work-dir $W/gpu \
-      --only lusifer-embed,ort-model-only,ort-baseline,lusifer-embed-rayon4,lusifer-embed-ort1 \
-      --baseline-export $W/small/export-fp16-unfused --profile \
+      --only lusifer-embed,ort-model-only,ort-baseline,ort-attention,ort-attention-no-cudnn \
+      --baseline-export $W/small/export-fp16-unfused --attention-export $W/small/export-fp16-all --profile \
       --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
   all)  # one lease, everything: detached driver (run-all) that trains while the CPU-bound exports run
     mkdir -p $W /tmp/results

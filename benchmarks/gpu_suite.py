@@ -67,7 +67,11 @@ DEFAULT_ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-un
 # capped from outside (RAYON_NUM_THREADS=4, as the runtime's in-code CUDA default should do by itself).
 EMBED_VARIANTS = {"lusifer-embed-ort1": (["--threads", "1"], {}),
                   "lusifer-embed-rayon4": ([], {"RAYON_NUM_THREADS": "4"})}
-ROWS = (*DEFAULT_ROWS, "ort-baseline", *EMBED_VARIANTS)
+# ort-attention*: with --attention-export (an export made with --fp16-fusions all), model-only on that graph as
+# ONNX Runtime picks its attention kernel (cuDNN SDPA on Hopper in 1.31) and with cuDNN attention switched off
+# through ONNX Runtime's environment variable (its memory-efficient or unfused kernel instead).
+ATTENTION_ROWS = {"ort-attention": {}, "ort-attention-no-cudnn": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "0"}}
+ROWS = (*DEFAULT_ROWS, "ort-baseline", *ATTENTION_ROWS, *EMBED_VARIANTS)
 TARGETS = {"small_ort_vs_pytorch": 1.5, "paper_ort_vs_pytorch": 1.0, "paper_fraction_of_peak": 0.60,
            "embed_vs_model_only": 0.90}
 
@@ -107,7 +111,7 @@ def prepare(args, work: Path) -> tuple[Path, Path, dict]:
 
 
 def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path, flop_check: bool) -> dict:
-    graph = args.baseline_export if name == "ort-baseline" else export
+    graph = {"ort-baseline": args.baseline_export}.get(name, args.attention_export if name in ATTENTION_ROWS else export)
     plan_opts = ["--export", graph, "--corpus", corpus, "--device", args.device, "--warmup", args.warmup,
                  "--window-rows", args.window_rows, "--token-budget", args.token_budget,
                  "--max-batch-rows", args.max_batch_rows]
@@ -125,8 +129,9 @@ def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path
         r = {"rows": s["rows_this_run"], "seconds": s["seconds"], "tokens": s["tokens"],
              "padded_tokens": s["padded_tokens"], "provider": s["provider"], "variant": s["variant"],
              "warmup_seconds": s.get("warmup_seconds"), "timing": s.get("timing")}
-    elif name in ("ort-model-only", "ort-baseline"):
-        child = run_child(worker_cmd("ort-batches", "--variant", "fp16", "--plan", "window", *plan_opts), name)
+    elif name in ("ort-model-only", "ort-baseline", *ATTENTION_ROWS):
+        child = run_child(worker_cmd("ort-batches", "--variant", "fp16", "--plan", "window", *plan_opts), name,
+                          env=ATTENTION_ROWS.get(name) or None)
         r = child.result
     else:
         plan = ["--plan", "window"] if name == "pytorch-sorted" else ["--plan", "fixed", "--batch-rows",
@@ -225,6 +230,11 @@ def run(args) -> dict:
         raise BenchmarkError("the ort-baseline row needs --baseline-export (a second fp16 export of the model)")
     if args.baseline_export and "ort-baseline" not in names:
         names.append("ort-baseline")
+    if any(n in ATTENTION_ROWS for n in names) and not args.attention_export:
+        raise BenchmarkError("the ort-attention rows need --attention-export (an export with --fp16-fusions all)")
+    if args.attention_export:
+        names += [n for n in ATTENTION_ROWS if n not in names]
+        args.attention_export = require_export(args.attention_export, "fp16", "--attention-export")
     if args.profile and not args.device.startswith("cuda"):
         raise BenchmarkError(f"--profile records CUDA kernels; --device is {args.device!r}")
     if args.baseline_export:
@@ -300,6 +310,8 @@ def run(args) -> dict:
             "pytorch-sorted": "LusiferModel bf16 eager, SDPA, same length-sorted batches, pre-tokenised",
             "pytorch-unsorted": f"LusiferModel bf16 eager, SDPA, fixed batches of {args.naive_batch} in corpus order",
             "ort-baseline": f"as ort-model-only, with the fp16 graph of {args.baseline_export}",
+            "ort-attention": f"as ort-model-only, with the fp16 graph of {args.attention_export}",
+            "ort-attention-no-cudnn": "as ort-attention, with ORT_ENABLE_CUDNN_FLASH_ATTENTION=0",
             "lusifer-embed-ort1": "as lusifer-embed, with --threads 1 (one ONNX Runtime intra-op thread)",
             "lusifer-embed-rayon4": "as lusifer-embed, with RAYON_NUM_THREADS=4 set from outside",
         },
@@ -334,7 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-size", type=int, default=8192)
     parser.add_argument("--peak-dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--baseline-export", help="a second fp16 export of the same model, measured as the "
-                        "ort-baseline row (e.g. one made with lusifer-export --no-fp16-fusions)")
+                        "ort-baseline row (e.g. one made with lusifer-export --fp16-fusions none)")
+    parser.add_argument("--attention-export", help="an fp16 export with --fp16-fusions all, measured as the "
+                        "ort-attention rows (ONNX Runtime's choice of attention kernel, and without cuDNN)")
     parser.add_argument("--profile", action="store_true",
                         help="also record CUDA kernel time by category (torch.profiler) for the export(s)")
     parser.add_argument("--prepare-only", action="store_true", help="build the model and export, then stop")
