@@ -111,7 +111,7 @@ def prepare(args, work: Path) -> tuple[Path, Path, dict]:
 
 
 def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path, flop_check: bool) -> dict:
-    graph = {"ort-baseline": args.baseline_export}.get(name, args.attention_export if name in ATTENTION_ROWS else export)
+    graph = {"ort-baseline": args.baseline_export, **dict.fromkeys(ATTENTION_ROWS, args.attention_export)}.get(name, export)
     plan_opts = ["--export", graph, "--corpus", corpus, "--device", args.device, "--warmup", args.warmup,
                  "--window-rows", args.window_rows, "--token-budget", args.token_budget,
                  "--max-batch-rows", args.max_batch_rows]

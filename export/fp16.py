@@ -5,14 +5,14 @@ int64 inputs stay int64 and the output ``embedding`` stays float32). A ``.half()
 TorchScript exporter then binds LayerNormalization to mixed float/float16 inputs, which ONNX Runtime rejects.
 
 Before conversion the traced ops can be fused into ONNX Runtime kernels (``fuse``, one of
-:data:`lusifer.onnx_interface.FP16_FUSIONS`): ``"norm"`` (the default) fuses norms with their residual Adds and bias+GELU
-(:mod:`lusifer.export.fusion`); ``"all"`` also fuses rotary embeddings (:mod:`lusifer.export.rotary_fusion`:
-cos/sin tables computed in fp32 at export, stored in fp16 like the cos/sin a fp16 PyTorch model uses) and
-attention (:mod:`lusifer.export.attention_fusion`). ``"all"`` is not the default: on an H200 with ONNX Runtime
-1.31 the fused attention ran on cuDNN SDPA, which ONNX Runtime prefers on Hopper, and lusifer-small's graph ran
-27% slower than the unfused one over the varying batch shapes of a corpus, although its kernels took less time
-(``benchmarks/results/h200/gpu_small_200k_e2e_all_fusions.md``). The fused kernels read and write fp16 and accumulate their
-statistics (norm variance, softmax) in fp32.
+:data:`lusifer.onnx_interface.FP16_FUSIONS`): ``"norm"`` (the default) fuses norms with their residual Adds
+and bias+GELU (:mod:`lusifer.export.fusion`); ``"all"`` also fuses rotary embeddings
+(:mod:`lusifer.export.rotary_fusion`: cos/sin tables computed in fp32 at export, stored in fp16 like the cos/sin
+a fp16 PyTorch model uses) and attention (:mod:`lusifer.export.attention_fusion`). ``"all"`` is not the
+default: on an H200 with ONNX Runtime 1.31 the fused attention ran on cuDNN SDPA, which ONNX Runtime prefers on
+Hopper, and lusifer-small's graph ran 27% slower than the unfused one over the varying batch shapes of a
+corpus, although its kernels took less time (``benchmarks/results/h200/gpu_small_200k_e2e_all_fusions.md``).
+The fused kernels read and write fp16 and accumulate their statistics (norm variance, softmax) in fp32.
 
 What stays in fp32 (the converter inserts the casts):
 
@@ -39,10 +39,9 @@ from lusifer.export.fusion import fuse_norms
 from lusifer.export.rotary_fusion import fuse_rotary
 from lusifer.export.onnx_export import save_model
 from lusifer.export.onnx_graph import load_small_external_tensors, small_constants
-from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, FP16_FUSIONS
 
 from lusifer.extras import require
-from lusifer.onnx_interface import INPUT_NAMES
+from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, FP16_FUSIONS, INPUT_NAMES
 
 logger = logging.getLogger(__name__)
 

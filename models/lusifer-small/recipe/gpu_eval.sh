@@ -15,20 +15,5 @@ ev /tmp/base/encoder-me5-small "mE5-small (encoder alone)" encoder --encoder-pre
 wait
 python3 -m lusifer.evaluation.cli compare $E/*.json --out $OUT/results.md --chart $OUT/results.png || true
 tar czf $OUT/eval_and_logs.tgz $E $O/*.log $O/*/metrics.jsonl $O/*/final.json 2>/dev/null || true
-python3 - <<'PY'
-# the committed weights: stage-1 encoder LoRA and stage-2 trainable weights of the full run, in fp16
-import os, glob, json
-from safetensors.torch import load_file, save_file
-out = os.environ["OUT"]
-for stage in ("s1", "s2"):
-    ck = json.load(open(f"/tmp/runs/full-{stage}/final.json"))
-    path = glob.glob(f"/tmp/runs/full-{stage}/checkpoints/step-*/weights.safetensors")
-    path = sorted(path)[-1]
-    w = load_file(path)
-    if stage == "s1":
-        w = {k: v for k, v in w.items() if "lora_" in k}
-    w = {k: v.half().contiguous() for k, v in w.items()}
-    save_file(w, f"{out}/full-{stage}.safetensors")
-    print(stage, path, len(w), sum(v.numel() for v in w.values()))
-PY
+python3 /tmp/src/models/lusifer-small/recipe/committed_weights.py /tmp/runs "$OUT"  # the weights to commit
 cat $OUT/results.md || true

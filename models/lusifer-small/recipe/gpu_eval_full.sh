@@ -13,16 +13,4 @@ wait
 cp $E/*.json $E/*.log "$OUT/" 2>/dev/null
 cp $O/full.log "$OUT/" 2>/dev/null
 for s in s1 s2; do cp $O/full-$s/metrics.jsonl "$OUT/full-$s-metrics.jsonl"; cp $O/full-$s/final.json "$OUT/full-$s-final.json"; done
-python3 - <<'PY'
-import glob, json, os
-from safetensors.torch import load_file, save_file
-out = os.environ["OUT"]
-for stage in ("s1", "s2"):
-    path = sorted(glob.glob(f"/tmp/runs/full-{stage}/checkpoints/step-*/weights.safetensors"))[-1]
-    w = load_file(path)
-    if stage == "s1":
-        w = {k: v for k, v in w.items() if "lora_" in k}
-    w = {k: v.half().contiguous() for k, v in w.items()}
-    save_file(w, f"{out}/full-{stage}.safetensors")
-    print(stage, path, len(w), sum(v.numel() for v in w.values()))
-PY
+python3 /tmp/src/models/lusifer-small/recipe/committed_weights.py $O "$OUT"
