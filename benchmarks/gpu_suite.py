@@ -67,10 +67,11 @@ DEFAULT_ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-un
 # capped from outside (RAYON_NUM_THREADS=4, as the runtime's in-code CUDA default should do by itself).
 EMBED_VARIANTS = {"lusifer-embed-ort1": (["--threads", "1"], {}),
                   "lusifer-embed-rayon4": ([], {"RAYON_NUM_THREADS": "4"})}
-# ort-attention*: with --attention-export (an export made with --fp16-fusions all), model-only on that graph as
-# ONNX Runtime picks its attention kernel (cuDNN SDPA on Hopper in 1.31) and with cuDNN attention switched off
-# through ONNX Runtime's environment variable (its memory-efficient or unfused kernel instead).
-ATTENTION_ROWS = {"ort-attention": {}, "ort-attention-no-cudnn": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "0"}}
+# ort-attention*: with --attention-export (an export made with --fp16-fusions all), model-only on that graph with
+# cuDNN attention switched on (ONNX Runtime 1.31's own choice on Hopper) and off (the runtime's CUDA default since
+# 2026-12-03, lusifer.runtime.session.avoid_cudnn_attention: the memory-efficient kernel instead).
+ATTENTION_ROWS = {"ort-attention": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "1"},
+                  "ort-attention-no-cudnn": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "0"}}
 ROWS = (*DEFAULT_ROWS, "ort-baseline", *ATTENTION_ROWS, *EMBED_VARIANTS)
 TARGETS = {"small_ort_vs_pytorch": 1.5, "paper_ort_vs_pytorch": 1.0, "paper_fraction_of_peak": 0.60,
            "embed_vs_model_only": 0.90}
@@ -310,7 +311,8 @@ def run(args) -> dict:
             "pytorch-sorted": "LusiferModel bf16 eager, SDPA, same length-sorted batches, pre-tokenised",
             "pytorch-unsorted": f"LusiferModel bf16 eager, SDPA, fixed batches of {args.naive_batch} in corpus order",
             "ort-baseline": f"as ort-model-only, with the fp16 graph of {args.baseline_export}",
-            "ort-attention": f"as ort-model-only, with the fp16 graph of {args.attention_export}",
+            "ort-attention": f"as ort-model-only, with the fp16 graph of {args.attention_export} and "
+                             "ORT_ENABLE_CUDNN_FLASH_ATTENTION=1 (cuDNN attention)",
             "ort-attention-no-cudnn": "as ort-attention, with ORT_ENABLE_CUDNN_FLASH_ATTENTION=0",
             "lusifer-embed-ort1": "as lusifer-embed, with --threads 1 (one ONNX Runtime intra-op thread)",
             "lusifer-embed-rayon4": "as lusifer-embed, with RAYON_NUM_THREADS=4 set from outside",

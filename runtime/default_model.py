@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "lusifer-small"
 # bump when the committed weights or the build recipe change: a new version is a new cache folder
-DEFAULT_MODEL_VERSION = "0.1.0"
+DEFAULT_MODEL_VERSION = "0.2.0"
 CACHE_ENV = "LUSIFER_CACHE_DIR"
 WEIGHTS_ENV = "LUSIFER_SMALL_WEIGHTS"
 DEFAULT_CACHE_ROOT = "~/.cache/lusifer"

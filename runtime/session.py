@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+# ONNX Runtime 1.31 runs MultiHeadAttention (graphs exported with --fp16-fusions all) on cuDNN SDPA on Hopper,
+# which cost a third of the throughput on real length-mixed batches: lusifer-small on an H200, 200k rows,
+# model-only 235,807 tokens/s with cuDNN vs 359,773 with this variable at 0 (the memory-efficient kernel; the
+# default --fp16-fusions norm graph: 362,390; benchmarks/results/h200/gpu_small_200k_e2e_attention.md).
+CUDNN_ATTENTION_ENV = "ORT_ENABLE_CUDNN_FLASH_ATTENTION"
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,20 @@ def providers_for(device: Device) -> list:
     return [CPU_PROVIDER]
 
 
+def avoid_cudnn_attention(environ=os.environ) -> str:
+    """Switch ONNX Runtime's cuDNN attention off unless the user set ``ORT_ENABLE_CUDNN_FLASH_ATTENTION``.
+
+    ONNX Runtime reads the variable when a CUDA session first builds an attention kernel, so this acts on
+    sessions created afterwards. Graphs without ``MultiHeadAttention`` are not affected.
+
+    Returns:
+        The value the variable now has.
+    """
+    if not environ.get(CUDNN_ATTENTION_ENV):
+        environ[CUDNN_ATTENTION_ENV] = "0"
+    return environ[CUDNN_ATTENTION_ENV]
+
+
 def create_session(graph_path: str | os.PathLike, device: Device, threads: int | None = None) -> ort.InferenceSession:
     """Create an inference session and check that it really runs on the requested device.
 
@@ -111,6 +130,8 @@ def create_session(graph_path: str | os.PathLike, device: Device, threads: int |
             libraries, driver mismatch...): never a silent CPU fallback.
     """
     opts = session_options(device, threads)
+    if device.kind == "cuda":
+        logger.debug("%s=%s", CUDNN_ATTENTION_ENV, avoid_cudnn_attention())
     try:
         session = ort.InferenceSession(str(graph_path), sess_options=opts, providers=providers_for(device))
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)

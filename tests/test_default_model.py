@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.test_runtime_support import BLOCK_TORCH
+from lusifer.runtime.default_model import DEFAULT_MODEL_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["The cat sleeps on the warm windowsill.", "El gato duerme en la ventana.", "Кошка спит.", "猫在睡觉。"]
@@ -196,7 +197,7 @@ def test_cached_export_is_reused_without_build_extras(tmp_path):
         "print(resolve_default_model('cpu'))\n"
     )
     cache = tmp_path / "cache"
-    export = cache / "models" / "lusifer-small-0.1.0" / "export"
+    export = cache / "models" / f"lusifer-small-{DEFAULT_MODEL_VERSION}" / "export"
     export.mkdir(parents=True)
     (export / "manifest.json").write_text("{}")
     result = _run_blocked(code, {"LUSIFER_CACHE_DIR": str(cache)})

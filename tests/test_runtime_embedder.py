@@ -88,6 +88,21 @@ def test_cuda_caps_the_tokenizer_pool_unless_the_user_set_it():
     assert cap_tokenizer_threads(4, env) == "12"
 
 
+def test_cuda_switches_cudnn_attention_off_unless_the_user_set_it(monkeypatch):
+    from lusifer.runtime import session as session_mod
+
+    env: dict = {}
+    assert session_mod.avoid_cudnn_attention(env) == env["ORT_ENABLE_CUDNN_FLASH_ATTENTION"] == "0"
+    assert session_mod.avoid_cudnn_attention({"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "1"}) == "1"
+    calls = []
+    monkeypatch.setattr(session_mod, "avoid_cudnn_attention", lambda: calls.append(1) or "0")
+    monkeypatch.setattr(session_mod.ort, "InferenceSession", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    for kind in ("cpu", "cuda"):
+        with pytest.raises(Exception, match="stop"):
+            session_mod.create_session("graph.onnx", session_mod.Device(kind))
+    assert calls == [1]  # on CUDA only
+
+
 def test_embed_rejects_non_strings(embedder):
     with pytest.raises(ValueError, match=r"texts\[1\] is None"):
         embedder.embed(["ok", None])

@@ -48,8 +48,8 @@ STAGE2_FILE = "stage2_trainable.safetensors"
 RECIPE_FILE = Path("recipe") / "stage1.yaml"
 # sha256 of the committed weight files (models/lusifer-small/README.md)
 WEIGHT_SHA256 = {
-    STAGE1_FILE: "cbce2316bb8baaad3effa3a08e831b73240173065ded2b8ca5aa8f9a95923040",
-    STAGE2_FILE: "c7848d9440c2271d1b3ee2ffaac8ec77b430ba40b2a5aa55d8610a1e16b4fd16",
+    STAGE1_FILE: "86eef5d3cfbc1912c95f1224ee601e00dddc6200144fd0d183ee778af51892ea",
+    STAGE2_FILE: "d6b180e12f121999e75064ea36069065046f1579c5d2fd7d741b486a9717f210",
 }
 LORA_R = 16
 LORA_ALPHA = 32
