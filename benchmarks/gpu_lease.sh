@@ -11,7 +11,7 @@
 #                         vs PyTorch fp32 per language (benchmarks.cuda_parity), then the gpu-marked tests
 #   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows, then
 #                         CUDA kernel time by category
-#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed, model-only, model-only on the graph
+#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed (and with --inflight 2), model-only, model-only on the graph
 #                         without fusions (ort-baseline) and on the --fp16-fusions all graph with ONNX Runtime's
 #                         attention kernel and without cuDNN attention (ort-attention, ort-attention-no-cudnn),
 #                         E2E_REPEATS rounds (default 2) in turn, then CUDA kernel time by category
@@ -74,7 +74,7 @@ case "${1:-}" in
   e2e)
     python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
       --corpus $C/gpu-200k.parquet --work-dir $W/gpu \
-      --only lusifer-embed,ort-model-only,ort-baseline,ort-attention,ort-attention-no-cudnn \
+      --only lusifer-embed,lusifer-embed-inflight2,ort-model-only,ort-baseline,ort-attention,ort-attention-no-cudnn \
       --baseline-export $W/small/export-fp16-unfused --attention-export $W/small/export-fp16-all --profile \
       --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
   all)  # one lease, everything: detached driver (run-all) that trains while the CPU-bound exports run

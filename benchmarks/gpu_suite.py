@@ -63,10 +63,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-unsorted")
 # ort-baseline: with --baseline-export, added to the rows it is given to. The lusifer-embed-* rows are the CLI
-# with one setting changed (for the end-to-end gap): one ORT intra-op thread (--threads 1), or the tokenizer pool
-# capped from outside (RAYON_NUM_THREADS=4, as the runtime's in-code CUDA default should do by itself).
+# with one setting changed (for the end-to-end gap): one ORT intra-op thread (--threads 1), the tokenizer pool
+# capped from outside (RAYON_NUM_THREADS=4, as the runtime's in-code CUDA default should do by itself), or two
+# batches in flight (--inflight 2: the next batch is launched while the GPU computes the previous one).
 EMBED_VARIANTS = {"lusifer-embed-ort1": (["--threads", "1"], {}),
-                  "lusifer-embed-rayon4": ([], {"RAYON_NUM_THREADS": "4"})}
+                  "lusifer-embed-rayon4": ([], {"RAYON_NUM_THREADS": "4"}),
+                  "lusifer-embed-inflight2": (["--inflight", "2"], {})}
 # ort-attention*: with --attention-export (an export made with --fp16-fusions all), model-only on that graph with
 # cuDNN attention switched on (ONNX Runtime 1.31's own choice on Hopper) and off (the runtime's CUDA default since
 # 2026-12-03, lusifer.runtime.session.avoid_cudnn_attention: the memory-efficient kernel instead).
@@ -316,6 +318,7 @@ def run(args) -> dict:
             "ort-attention-no-cudnn": "as ort-attention, with ORT_ENABLE_CUDNN_FLASH_ATTENTION=0",
             "lusifer-embed-ort1": "as lusifer-embed, with --threads 1 (one ONNX Runtime intra-op thread)",
             "lusifer-embed-rayon4": "as lusifer-embed, with RAYON_NUM_THREADS=4 set from outside",
+            "lusifer-embed-inflight2": "as lusifer-embed, with --inflight 2 (two batches in flight)",
         },
         "kernel_profile": profile,
     }

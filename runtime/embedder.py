@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOKEN_BUDGET = {"cpu": 8192, "cuda": 16384}
 DEFAULT_MAX_BATCH_ROWS = 512
 DEFAULT_WINDOW_ROWS = {"cpu": 2048, "cuda": 8192}
+MAX_INFLIGHT = 8
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -53,6 +56,9 @@ class Embedder:
         variant: ONNX variant name (``"fp32"``, ``"fp16"``, ``"int8"``); ``None`` picks by device.
         threads: CPU intra-op threads; ``None`` = number of physical cores.
         verify: Check sha256 checksums of the graph and tokenizer files (default on).
+        inflight: Batches run at once by :meth:`run_batches` (default 1), each from its own thread. With 2 on
+            CUDA, ONNX Runtime can launch one batch while the GPU still computes the previous one; results
+            are the same and come back in order. On CPU keep 1: the intra-op threads already use every core.
 
     Example:
         >>> emb = Embedder("export/", device="cpu")
@@ -66,7 +72,12 @@ class Embedder:
         variant: str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        inflight: int = 1,
     ):
+        if isinstance(inflight, bool) or not isinstance(inflight, int) or not 1 <= inflight <= MAX_INFLIGHT:
+            raise ValueError(f"inflight={inflight!r}: expected an integer from 1 to {MAX_INFLIGHT}")
+        self.inflight = inflight
+        self._pool = ThreadPoolExecutor(inflight, thread_name_prefix="lusifer-infer") if inflight > 1 else None
         self.device = resolve_device(device)
         if self.device.kind == "cuda":  # leave cores to the thread that launches the kernels
             logger.debug("tokenizer threads: RAYON_NUM_THREADS=%s", cap_tokenizer_threads())
@@ -168,9 +179,9 @@ class Embedder:
             float32 ``(rows, dim)`` in the input order, NOT normalised.
         """
         out = np.empty((rows, self.dim), dtype=np.float32)
-        for batch in batches:
+
+        def finish(batch: Batch, emb: np.ndarray) -> None:
             positions = batch.positions
-            emb = self.runner(batch.input_ids, batch.attention_mask)
             if emb.shape != (len(positions), self.dim):
                 raise ExportFolderError(
                     f"graph returned shape {emb.shape}; manifest says embedding_dim={self.dim} for "
@@ -185,6 +196,24 @@ class Embedder:
             out[positions] = emb
             if on_batch is not None:
                 on_batch(len(positions), batch.real_tokens, batch.padded_tokens)
+
+        if self._pool is None:
+            for batch in batches:
+                finish(batch, self.runner(batch.input_ids, batch.attention_mask))
+            return out
+        pending: deque = deque()
+        try:
+            for batch in batches:
+                pending.append((batch, self._pool.submit(self.runner, batch.input_ids, batch.attention_mask)))
+                if len(pending) >= self.inflight:
+                    done, future = pending.popleft()
+                    finish(done, future.result())
+            while pending:
+                done, future = pending.popleft()
+                finish(done, future.result())
+        finally:
+            for _, future in pending:  # after an error: let the runs in flight end before returning
+                future.cancel() or future.exception()
         return out
 
     def embed_tokens(

@@ -121,6 +121,7 @@ def embed_corpus(
     max_batch_rows: int | None = None,
     progress: bool = True,
     verify: bool = True,
+    inflight: int = 1,
 ) -> EmbedSummary:
     """Embed one text column of a parquet corpus into a ``.npy`` file, row i = corpus row i.
 
@@ -148,6 +149,8 @@ def embed_corpus(
         max_batch_rows: Most rows per forward pass.
         progress: Show a tqdm progress bar.
         verify: Check the export's sha256 checksums.
+        inflight: Batches run at once (see :class:`~lusifer.runtime.embedder.Embedder`; 2 on CUDA overlaps
+            the host work of one batch with the GPU work of the previous one).
 
     Returns:
         An :class:`EmbedSummary` (also written to the sidecar).
@@ -163,7 +166,7 @@ def embed_corpus(
     data = open_corpus(corpus, column, on_null)  # corpus errors before any model is built or loaded
     model_dir = Path(model) if model is not None else resolve_default_model(device, progress)
     batching = _resolve_batching(previous, device_kind, chunk_rows, token_budget, max_batch_rows)
-    embedder = Embedder(model_dir, device=device, variant=variant, threads=threads, verify=verify)
+    embedder = Embedder(model_dir, device=device, variant=variant, threads=threads, verify=verify, inflight=inflight)
     normalize = embedder.manifest.normalize if normalize is None else bool(normalize)
     identity = {
         "shape": [data.rows, embedder.dim],
@@ -185,6 +188,7 @@ def embed_corpus(
         "device": str(embedder.device),
         "provider": embedder.provider,
         "threads": embedder.threads,
+        "inflight": embedder.inflight,
         "pid": os.getpid(),
     }
     writer = VectorWriter.open(out, identity, previous, run_info)

@@ -103,6 +103,43 @@ def test_cuda_switches_cudnn_attention_off_unless_the_user_set_it(monkeypatch):
     assert calls == [1]  # on CUDA only
 
 
+def test_inflight_batches_give_the_same_vectors_in_order(tiny_export, embedder):
+    """Two batches in flight (worker threads) return what one at a time returns, row for row."""
+    texts = MULTILINGUAL_TEXTS + corpus_texts(60)
+    tokens = embedder.tokenize(texts, "document", None)
+    batches = embedder.make_batches(tokens, token_budget=4 * 16, max_batch_rows=4)
+    assert len(batches) > 5
+    expected = embedder.run_batches(batches, len(texts))
+    seen = []
+    parallel = Embedder(tiny_export, device="cpu", inflight=2)
+    got = parallel.run_batches(batches, len(texts), lambda rows, real, padded: seen.append(rows))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert seen == [len(b.positions) for b in batches]  # on_batch in batch order
+
+
+def test_inflight_error_in_a_batch_is_raised(tiny_export):
+    parallel = Embedder(tiny_export, device="cpu", inflight=2)
+    real, calls = parallel.runner, []
+
+    def failing(ids, mask):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("batch 3 failed")
+        return real(ids, mask)
+
+    parallel.runner = failing
+    tokens = parallel.tokenize(corpus_texts(40), "document", None)
+    batches = parallel.make_batches(tokens, token_budget=4 * 16, max_batch_rows=4)
+    with pytest.raises(RuntimeError, match="batch 3 failed"):
+        parallel.run_batches(batches, len(tokens))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 9, 1.5, True, "2"])
+def test_inflight_must_be_a_small_positive_integer(tiny_export, bad):
+    with pytest.raises(ValueError, match=r"inflight=.*expected an integer from 1 to 8"):
+        Embedder(tiny_export, device="cpu", inflight=bad)
+
+
 def test_embed_rejects_non_strings(embedder):
     with pytest.raises(ValueError, match=r"texts\[1\] is None"):
         embedder.embed(["ok", None])

@@ -88,7 +88,8 @@ def test_shard_folder_and_glob_keep_corpus_order(tiny_export, texts, reference, 
         np.testing.assert_allclose(np.load(out), reference, atol=1e-6)
 
 
-def test_order_restored_under_length_sorting(tiny_export, tmp_path):
+@pytest.mark.parametrize("inflight", [1, 2])
+def test_order_restored_under_length_sorting(tiny_export, tmp_path, inflight):
     rng = np.random.default_rng(1)
     base = corpus_texts(200, seed=3)
     texts = [base[i][: int(rng.integers(1, len(base[i]) + 1))] for i in range(200)]
@@ -97,7 +98,7 @@ def test_order_restored_under_length_sorting(tiny_export, tmp_path):
     corpus = write_parquet(tmp_path / "c.parquet", texts)
     out = tmp_path / "v.npy"
     embed_corpus(corpus, out, tiny_export, kind="query", device="cpu", progress=False, chunk_rows=97,
-                 token_budget=256, max_batch_rows=16)
+                 token_budget=256, max_batch_rows=16, inflight=inflight)
     np.testing.assert_allclose(np.load(out), one_by_one, atol=1e-5)
 
 
