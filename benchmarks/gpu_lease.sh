@@ -19,6 +19,9 @@
 #                         (when gpu-data.tgz was staged; recipe/gpu_train_all.sh full) on the GPU while the
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
 #                         (recipe/gpu_eval_full.sh), paper and e2e (E2E_REPEATS=1) with the GPU to themselves
+#   gpu_lease.sh ablations  the model card's ablation rows (frozen encoder, connector only, representation
+#                         finetuning only, LLM alone) trained concurrently at S2_STEPS (default 700, as
+#                         lusifer-small) with gpu-data.tgz staged, then recipe/gpu_eval.sh (all rows + encoder alone)
 #   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
 #                         $OUT/results.tgz (+ the trained weights beside it: a call returns at most 8 files)
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
@@ -106,6 +109,17 @@ case "${1:-}" in
     touch /tmp/results/PAPER_DONE
     mkdir -p /tmp/results/e2e && OUT=/tmp/results/e2e E2E_REPEATS=${E2E_REPEATS:-1} bash "$0" e2e > /tmp/results/e2e/e2e.log 2>&1
     touch /tmp/results/ALL_DONE ;;
+  ablations)  # one lease: the model card's ablation rows at lusifer-small's 700 stage-2 steps, then their evaluation
+    mkdir -p $W /tmp/results
+    setsid nohup bash "$0" run-ablations > $W/driver.log 2>&1 < /dev/null &
+    sleep 2; echo launched ;;
+  run-ablations)
+    R=/tmp/src/models/lusifer-small/recipe
+    mkdir -p /tmp/runs /tmp/results/ablations
+    S2_STEPS=${S2_STEPS:-700} GC=${GC:-64} bash $R/gpu_train_all.sh ablations > $W/train.log 2>&1
+    OUT=/tmp/results/ablations bash $R/gpu_eval.sh > /tmp/results/ablations/eval.log 2>&1
+    tail -n 1 /tmp/runs/*-s2/metrics.jsonl > /tmp/results/ablations/final_steps.txt 2>&1
+    touch /tmp/results/ALL_DONE ;;
   collect)  # wait up to COLLECT_S (default 540) for the driver, bundling results into $OUT as they come:
     # a call brings back at most 8 files of at most 16 MiB each, so everything but the weights goes into one
     # results.tgz and the two weight files travel beside it
@@ -120,5 +134,5 @@ case "${1:-}" in
     bundle
     ls /tmp/results; tail -n 5 $W/driver.log $W/train.log 2>/dev/null; tail -c 400 /tmp/runs/full.log 2>/dev/null
     tail -n 2 /tmp/runs/full-s*/metrics.jsonl 2>/dev/null; tail -c 600 $W/*_prepare.log ;;
-  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|all|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|all|ablations|collect" >&2; exit 2 ;;
 esac

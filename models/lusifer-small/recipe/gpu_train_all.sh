@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train lusifer-small and the ablation rows concurrently on one GPU (small models do not fill an H100).
 # Run detached (setsid) by gpu_launch.sh; writes /tmp/runs/<name>/..., logs in /tmp/runs/*.log, and
-# /tmp/runs/DONE when every pipeline has finished. Step counts: S1_STEPS, S2_STEPS.
+# /tmp/runs/DONE when every pipeline has finished. Step counts: S1_STEPS, S2_STEPS. `gpu_train_all.sh ablations`:
+# the ablation rows only (benchmarks/gpu_lease.sh ablations runs them at 700 stage-2 steps, as lusifer-small).
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 R=/tmp/src/models/lusifer-small/recipe
@@ -48,6 +49,16 @@ torch.manual_seed(42)
 LusiferModel.from_config(LusiferConfig.from_dict(model)).save_pretrained("$O/rfonly-start")
 PY
 }
+if [ "${1:-}" = ablations ]; then  # every row but lusifer-small itself, concurrently (S2_STEPS=700 to match it)
+  frozen > $O/frozenenc.log 2>&1 & p2=$!
+  rfonly > $O/rfonly.log 2>&1 & p3=$!
+  llmonly > $O/llmonly.log 2>&1 & p5=$!
+  while [ ! -f $O/frozenenc-s1/model/lusifer_config.json ] && kill -0 $p2 2>/dev/null; do sleep 5; done
+  connonly > $O/connonly.log 2>&1 & p4=$!
+  wait $p2 $p3 $p4 $p5
+  touch $O/DONE
+  exit
+fi
 if [ $# -gt 0 ]; then  # run the named pipeline functions only (e.g. to restart one)
   for f in "$@"; do $f > $O/$f.log 2>&1; done
   exit
