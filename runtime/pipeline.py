@@ -2,7 +2,8 @@
 
 A reader thread streams the text column, tokenises chunks (Rust ``encode_batch``, GIL released) and pads
 them into length-sorted token-budget batches; the calling thread only runs the graph on those batches (ONNX
-Runtime releases the GIL too), and a writer thread puts finished chunks into the memory-mapped output and
+Runtime releases the GIL too; with ``inflight`` > 1 the Embedder's worker threads run several at once), and a
+writer thread puts finished chunks into the memory-mapped output and
 commits them in order. Queues of two chunks between the stages bound memory whatever the corpus size. An
 error in any stage stops the others; chunks already computed are still committed, so the output stays
 resumable.
