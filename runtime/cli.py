@@ -8,6 +8,7 @@ import click
 
 from lusifer.onnx_interface import ManifestError
 from lusifer.runtime.corpus import NULL_POLICIES
+from lusifer.runtime.embedder import MAX_INFLIGHT
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.job import embed_corpus
 from lusifer.runtime.writer import OUTPUT_DTYPES
@@ -31,7 +32,7 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
               help="ONNX variant (fp32, fp16, int8). Default: fp16 on CUDA; int8 if exported, else fp32 on CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU intra-op threads [default: physical cores].")
-@click.option("--inflight", type=click.IntRange(1, 8), default=1, show_default=True,
+@click.option("--inflight", type=click.IntRange(1, MAX_INFLIGHT), default=1, show_default=True,
               help="Batches run at once. On CUDA, 2 launches a batch while the GPU computes the previous one; "
                    "on CPU keep 1.")
 @click.option("--dtype", type=click.Choice(OUTPUT_DTYPES), default="float32", show_default=True,
@@ -58,10 +59,10 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO).")
 def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: str, instruction: str | None,
-         device: str, variant: str | None, threads: int | None, inflight: int, dtype: str, normalize: bool | None, on_null: str,
-         resume: bool, overwrite: bool, chunk_rows: int | None, token_budget: int | None,
-         max_batch_rows: int | None, ray_address: str | None, num_actors: int | None, gpus_per_actor: int,
-         progress: bool, verbose: bool) -> None:
+         device: str, variant: str | None, threads: int | None, inflight: int, dtype: str,
+         normalize: bool | None, on_null: str, resume: bool, overwrite: bool, chunk_rows: int | None,
+         token_budget: int | None, max_batch_rows: int | None, ray_address: str | None, num_actors: int | None,
+         gpus_per_actor: int, progress: bool, verbose: bool) -> None:
     """Embed the text column of a parquet CORPUS (a file, a folder of files, or a glob) into a .npy file.
 
     Row i of the output is row i of the corpus (files in natural name order). Without --resume or
@@ -77,7 +78,8 @@ def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: s
         raise click.UsageError("--resume and --overwrite exclude each other")
     if ray_address is not None:
         if inflight != 1:
-            raise click.UsageError(f"--inflight {inflight}: not supported with --ray (its actors run one batch at a time)")
+            raise click.UsageError(f"--inflight {inflight}: not supported with --ray (its actors run one batch "
+                                   "at a time)")
         _run_ray(corpus, out_path, model_dir, ray_address, num_actors, gpus_per_actor, device, column=column,
                  kind=kind, instruction=instruction, variant=variant, threads=threads, dtype=dtype,
                  normalize=normalize, on_null=on_null, overwrite=overwrite, chunk_rows=chunk_rows,

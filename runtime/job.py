@@ -166,7 +166,8 @@ def embed_corpus(
     data = open_corpus(corpus, column, on_null)  # corpus errors before any model is built or loaded
     model_dir = Path(model) if model is not None else resolve_default_model(device, progress)
     batching = _resolve_batching(previous, device_kind, chunk_rows, token_budget, max_batch_rows)
-    embedder = Embedder(model_dir, device=device, variant=variant, threads=threads, verify=verify, inflight=inflight)
+    embedder = Embedder(model_dir, device=device, variant=variant, threads=threads, verify=verify,
+                        inflight=inflight)
     normalize = embedder.manifest.normalize if normalize is None else bool(normalize)
     identity = {
         "shape": [data.rows, embedder.dim],
