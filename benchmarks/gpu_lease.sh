@@ -21,7 +21,7 @@
 #                         (recipe/gpu_eval_full.sh), paper and e2e (E2E_REPEATS=1) with the GPU to themselves
 #   gpu_lease.sh ablations  the model card's ablation rows (frozen encoder, connector only, representation
 #                         finetuning only, LLM alone) trained concurrently at S2_STEPS (default 700, as
-#                         lusifer-small) with gpu-data.tgz staged, then recipe/gpu_eval.sh (all rows + encoder alone)
+#                         lusifer-small) with gpu-data.tgz staged, each evaluated (recipe/gpu_eval.sh ROW) once merged
 #   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
 #                         $OUT/results.tgz (+ the trained weights beside it: a call returns at most 8 files)
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
@@ -116,14 +116,18 @@ case "${1:-}" in
   run-ablations)
     R=/tmp/src/models/lusifer-small/recipe
     mkdir -p /tmp/runs /tmp/results/ablations
-    S2_STEPS=${S2_STEPS:-700} GC=${GC:-64} bash $R/gpu_train_all.sh ablations > $W/train.log 2>&1
-    OUT=/tmp/results/ablations bash $R/gpu_eval.sh > /tmp/results/ablations/eval.log 2>&1
-    tail -n 1 /tmp/runs/*-s2/metrics.jsonl > /tmp/results/ablations/final_steps.txt 2>&1
+    # each row is evaluated as soon as it is merged; its JSON lands in /tmp/results/ablations at once
+    OUT=/tmp/results/ablations S2_STEPS=${S2_STEPS:-700} GC=${GC:-64} bash $R/gpu_train_all.sh ablations > $W/train.log 2>&1
+    python3 -m lusifer.evaluation.cli compare /tmp/results/ablations/*.json --out /tmp/results/ablations/results.md \
+      > /tmp/results/ablations/compare.log 2>&1
     touch /tmp/results/ALL_DONE ;;
   collect)  # wait up to COLLECT_S (default 540) for the driver, bundling results into $OUT as they come:
     # a call brings back at most 8 files of at most 16 MiB each, so everything but the weights goes into one
     # results.tgz and the two weight files travel beside it
     bundle() {
+      mkdir -p /tmp/results/runs && for m in /tmp/runs/*/metrics.jsonl; do
+        [ -f "$m" ] && cp "$m" /tmp/results/runs/"$(basename "$(dirname "$m")")"-metrics.jsonl; done
+      cp /tmp/runs/*.log /tmp/results/runs/ 2>/dev/null
       tar czf "$OUT/results.tgz.part" --exclude='*.safetensors' -C /tmp/results . 2>/dev/null \
         && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
       cp /tmp/results/train/*.safetensors "$OUT/" 2>/dev/null
@@ -133,6 +137,6 @@ case "${1:-}" in
     done
     bundle
     ls /tmp/results; tail -n 5 $W/driver.log $W/train.log 2>/dev/null; tail -c 400 /tmp/runs/full.log 2>/dev/null
-    tail -n 2 /tmp/runs/full-s*/metrics.jsonl 2>/dev/null; tail -c 600 $W/*_prepare.log ;;
+    tail -n 1 /tmp/runs/*-s*/metrics.jsonl 2>/dev/null; tail -c 600 $W/*_prepare.log ;;
   *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|all|ablations|collect" >&2; exit 2 ;;
 esac

@@ -49,12 +49,14 @@ torch.manual_seed(42)
 LusiferModel.from_config(LusiferConfig.from_dict(model)).save_pretrained("$O/rfonly-start")
 PY
 }
-if [ "${1:-}" = ablations ]; then  # every row but lusifer-small itself, concurrently (S2_STEPS=700 to match it)
-  frozen > $O/frozenenc.log 2>&1 & p2=$!
-  rfonly > $O/rfonly.log 2>&1 & p3=$!
-  llmonly > $O/llmonly.log 2>&1 & p5=$!
+if [ "${1:-}" = ablations ]; then  # every row but lusifer-small itself, concurrently (S2_STEPS=700 to match it);
+  # each row is evaluated (recipe/gpu_eval.sh ROW, results to $OUT) as soon as it is merged
+  ev() { OUT=${OUT:-$O} bash $R/gpu_eval.sh "$1"; }
+  { frozen && ev frozenenc; } > $O/frozenenc.log 2>&1 & p2=$!
+  { rfonly && ev rfonly; } > $O/rfonly.log 2>&1 & p3=$!
+  { llmonly && ev llmonly; } > $O/llmonly.log 2>&1 & p5=$!
   while [ ! -f $O/frozenenc-s1/model/lusifer_config.json ] && kill -0 $p2 2>/dev/null; do sleep 5; done
-  connonly > $O/connonly.log 2>&1 & p4=$!
+  { connonly && ev connonly; } > $O/connonly.log 2>&1 & p4=$!
   wait $p2 $p3 $p4 $p5
   touch $O/DONE
   exit
