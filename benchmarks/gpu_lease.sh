@@ -19,9 +19,10 @@
 #                         (when gpu-data.tgz was staged; recipe/gpu_train_all.sh full) on the GPU while the
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
 #                         (recipe/gpu_eval_full.sh), paper and e2e (E2E_REPEATS=1) with the GPU to themselves
-#   gpu_lease.sh ablations  the model card's ablation rows (frozen encoder, connector only, representation
-#                         finetuning only, LLM alone) trained concurrently at S2_STEPS (default 700, as
-#                         lusifer-small) with gpu-data.tgz staged, each evaluated (recipe/gpu_eval.sh ROW) once merged
+#   gpu_lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
+#                         default rfonly llmonly) trained concurrently at S2_STEPS (default 700, as lusifer-small)
+#                         with gpu-data.tgz staged, each evaluated (recipe/gpu_eval.sh ROW) once merged. Two rows
+#                         per lease: all four at once took ~40 min on the H200 (fifth session), over a lease
 #   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
 #                         $OUT/results.tgz (+ the trained weights beside it: a call returns at most 8 files)
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
@@ -109,7 +110,8 @@ case "${1:-}" in
     touch /tmp/results/PAPER_DONE
     mkdir -p /tmp/results/e2e && OUT=/tmp/results/e2e E2E_REPEATS=${E2E_REPEATS:-1} bash "$0" e2e > /tmp/results/e2e/e2e.log 2>&1
     touch /tmp/results/ALL_DONE ;;
-  ablations)  # one lease: the model card's ablation rows at lusifer-small's 700 stage-2 steps, then their evaluation
+  ablations)  # ablation rows (arguments; default rfonly llmonly) at lusifer-small's 700 stage-2 steps, then evaluated
+    shift; export ROWS="${*:-rfonly llmonly}"
     mkdir -p $W /tmp/results
     setsid nohup bash "$0" run-ablations > $W/driver.log 2>&1 < /dev/null &
     sleep 2; echo launched ;;
@@ -117,7 +119,8 @@ case "${1:-}" in
     R=/tmp/src/models/lusifer-small/recipe
     mkdir -p /tmp/runs /tmp/results/ablations
     # each row is evaluated as soon as it is merged; its JSON lands in /tmp/results/ablations at once
-    OUT=/tmp/results/ablations S2_STEPS=${S2_STEPS:-700} GC=${GC:-64} bash $R/gpu_train_all.sh ablations > $W/train.log 2>&1
+    # two rows at once fit the H200's memory without GradCache (GC=null), as lusifer-small itself was trained
+    OUT=/tmp/results/ablations S2_STEPS=${S2_STEPS:-700} GC=${GC:-null} bash $R/gpu_train_all.sh ablations > $W/train.log 2>&1
     python3 -m lusifer.evaluation.cli compare /tmp/results/ablations/*.json --out /tmp/results/ablations/results.md \
       > /tmp/results/ablations/compare.log 2>&1
     touch /tmp/results/ALL_DONE ;;

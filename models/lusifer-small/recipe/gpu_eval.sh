@@ -8,7 +8,7 @@
 set -uo pipefail
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 O=/tmp/runs
-E=/tmp/eval && mkdir -p $E
+E=/tmp/eval && mkdir -p $E "$OUT"
 declare -A path=([full]=$O/full-merged [alignonly]=$O/full-s1/model [rfonly]=$O/rfonly-merged
   [frozenenc]=$O/frozenenc-merged [connonly]=$O/connonly-merged [llmonly]=$O/llmonly-merged
   [encoder]=/tmp/base/encoder-me5-small)
