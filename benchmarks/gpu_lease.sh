@@ -15,10 +15,12 @@
 #                         without fusions (ort-baseline) and on the --fp16-fusions all graph with ONNX Runtime's
 #                         attention kernel and without cuDNN attention (ort-attention, ort-attention-no-cudnn),
 #                         E2E_REPEATS rounds (default 2) in turn, then CUDA kernel time by category
+#   gpu_lease.sh scaling  lusifer-small's fp16 export through lusifer-embed on CUDA at 10k, 100k, 1M rows (SCALING_SIZES)
+#                         built from /tmp/data/eval (gpu_setup.sh unpacks it from benchmarks/corpus/eval.tgz)
 #   gpu_lease.sh all      everything above in one detached driver (run-all): lusifer-small's 700-step training
 #                         (when gpu-data.tgz was staged; recipe/gpu_train_all.sh full) on the GPU while the
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
-#                         (recipe/gpu_eval_full.sh), paper and e2e (E2E_REPEATS=1) with the GPU to themselves
+#                         (recipe/gpu_eval_full.sh), paper, e2e (E2E_REPEATS=1) and scaling with the GPU to themselves
 #   gpu_lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
 #                         default rfonly llmonly) trained concurrently at S2_STEPS (default 700, as lusifer-small)
 #                         with gpu-data.tgz staged, each evaluated (recipe/gpu_eval.sh ROW) once merged. Two rows
@@ -81,6 +83,10 @@ case "${1:-}" in
       --only lusifer-embed,lusifer-embed-inflight2,ort-model-only,ort-baseline,ort-attention,ort-attention-no-cudnn \
       --baseline-export $W/small/export-fp16-unfused --attention-export $W/small/export-fp16-all --profile \
       --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
+  scaling)  # lusifer-embed on CUDA at 10k, 100k and 1M rows (corpora built from the development suite)
+    python3 -m benchmarks.scaling --model $W/small/export-fp16 --variant fp16 --device cuda \
+      --suite /tmp/data/eval --sizes ${SCALING_SIZES:-10000,100000,1000000} --work-dir $W/scaling \
+      --name gpu_small_scaling --out-dir "$OUT" ;;
   all)  # one lease, everything: detached driver (run-all) that trains while the CPU-bound exports run
     mkdir -p $W /tmp/results
     setsid nohup bash "$0" run-all > $W/driver.log 2>&1 < /dev/null &
@@ -109,6 +115,10 @@ case "${1:-}" in
     mkdir -p /tmp/results/paper && OUT=/tmp/results/paper bash "$0" paper > /tmp/results/paper/paper.log 2>&1
     touch /tmp/results/PAPER_DONE
     mkdir -p /tmp/results/e2e && OUT=/tmp/results/e2e E2E_REPEATS=${E2E_REPEATS:-1} bash "$0" e2e > /tmp/results/e2e/e2e.log 2>&1
+    touch /tmp/results/E2E_DONE
+    if [ -f /tmp/data/eval/suite.json ]; then
+      mkdir -p /tmp/results/scaling && OUT=/tmp/results/scaling bash "$0" scaling > /tmp/results/scaling/scaling.log 2>&1
+    fi
     touch /tmp/results/ALL_DONE ;;
   ablations)  # ablation rows (arguments; default rfonly llmonly) at lusifer-small's 700 stage-2 steps, then evaluated
     shift; export ROWS="${*:-rfonly llmonly}"
@@ -141,5 +151,5 @@ case "${1:-}" in
     bundle
     ls /tmp/results; tail -n 5 $W/driver.log $W/train.log 2>/dev/null; tail -c 400 /tmp/runs/full.log 2>/dev/null
     tail -n 1 /tmp/runs/*-s*/metrics.jsonl 2>/dev/null; tail -c 600 $W/*_prepare.log ;;
-  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|all|ablations|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|scaling|all|ablations|collect" >&2; exit 2 ;;
 esac

