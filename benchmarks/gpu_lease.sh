@@ -9,8 +9,8 @@
 #                         (when gpu-200k.parquet was carried)
 #   gpu_lease.sh check    correctness on CUDA: lusifer-small's fp16 exports (--fp16-fusions norm, none, all)
 #                         vs PyTorch fp32 per language (benchmarks.cuda_parity), then the gpu-marked tests
-#   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8): the four rows on 20k rows, then
-#                         CUDA kernel time by category
+#   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8; export fusions PAPER_FUSIONS, default
+#                         norm): the four rows on 20k rows, then CUDA kernel time by category
 #   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed (and with --inflight 2), model-only, model-only on the graph
 #                         without fusions (ort-baseline) and on the --fp16-fusions all graph with ONNX Runtime's
 #                         attention kernel and without cuDNN attention (ort-attention, ort-attention-no-cudnn),
@@ -36,8 +36,10 @@ W=/tmp/work
 C=/tmp/src/benchmarks/corpus
 L=${PAPER_LAYERS:-8}
 cd /tmp/src
+PF=${PAPER_FUSIONS:-norm}  # the paper-shape export's --fp16-fusions (all: ONNX Runtime attention, cuDNN attention off)
 paper_args=(--shape paper --decoder-layers "$L" --tokenizer /tmp/base/encoder-me5-small --corpus $C/gpu-20k.parquet
-            --work-dir $W/gpu)
+            --work-dir $W/gpu --fp16-fusions "$PF")
+[ "$PF" = norm ] || paper_args+=(--name "gpu_paper_$PF")
 prepare_small() {
   mkdir -p $W && echo small >> $W/STARTED
   setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16,fp16-unfused,fp16-all; \

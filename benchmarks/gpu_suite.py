@@ -58,6 +58,7 @@ from benchmarks.common import (
 from benchmarks.corpus import corpus_facts, ensure_corpus
 from benchmarks.flops import executed_flops, parameter_count, shape_from_model_dir, useful_flops
 from benchmarks.models import SHAPES, model_info
+from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, FP16_FUSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +104,12 @@ def prepare(args, work: Path) -> tuple[Path, Path, dict]:
     if args.export_dir:
         export = require_export(args.export_dir, "fp16", "--export-dir")
     else:
-        export = work / f"export-{model.name}-fp16"
-        report_file = work / f"export-{model.name}-fp16.json"
+        suffix = "" if args.fp16_fusions == DEFAULT_FP16_FUSIONS else f"-{args.fp16_fusions}"
+        export = work / f"export-{model.name}-fp16{suffix}"
+        report_file = work / f"export-{model.name}-fp16{suffix}.json"
         if not (export / "manifest.json").is_file():
             run_child([sys.executable, "-m", "lusifer.export.benchmark", model, export, "--dtype", "fp16",
-                       "--json", report_file], "export fp16")
+                       "--fp16-fusions", args.fp16_fusions, "--json", report_file], "export fp16")
         if report_file.is_file():
             report = json.loads(report_file.read_text("utf-8"))
     return model, export, report
@@ -356,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
                         "ort-attention rows (ONNX Runtime's choice of attention kernel, and without cuDNN)")
     parser.add_argument("--profile", action="store_true",
                         help="also record CUDA kernel time by category (torch.profiler) for the export(s)")
+    parser.add_argument("--fp16-fusions", choices=FP16_FUSIONS, default=DEFAULT_FP16_FUSIONS,
+                        help="fusion level of the fp16 export made when --export-dir is not given (lusifer-export "
+                             "--fp16-fusions; 'all' runs with ONNX Runtime's attention kernel, cuDNN attention off)")
     parser.add_argument("--prepare-only", action="store_true", help="build the model and export, then stop")
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR / "gpu_suite"))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
