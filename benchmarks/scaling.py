@@ -148,7 +148,8 @@ def run(args) -> dict:
         logger.info("%d rows: %.1f s, %.1f rows/s, peak RSS %.0f MiB", size, r["embed_seconds"], r["rows_per_s"],
                     r["peak_rss_mib"])
     doc = {"benchmark": "scaling", "machine": machine, "model": args.model, "variant": args.variant,
-           "device": args.device, "threads": args.threads, "seed": args.seed, "sizes": results, "targets": targets(results)}
+           "device": args.device, "threads": args.threads, "seed": args.seed, "sizes": results,
+           "targets": targets(results)}
     json_path, md_path = write_results(args.out_dir, args.name, doc, markdown(doc))
     logger.info("wrote %s and %s", json_path, md_path)
     return doc
