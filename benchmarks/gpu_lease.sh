@@ -22,7 +22,7 @@
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
 #                         (recipe/gpu_eval_full.sh), paper, e2e (E2E_REPEATS=1) and scaling with the GPU to themselves
 #   gpu_lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
-#                         default rfonly llmonly) trained concurrently at S2_STEPS (default 700, as lusifer-small)
+#                         default llmonly) trained concurrently at S2_STEPS (default 700, as lusifer-small)
 #                         with gpu-data.tgz staged, each evaluated (recipe/gpu_eval.sh ROW) once merged. Two rows
 #                         per lease: all four at once took ~40 min on the H200 (fifth session), over a lease
 #   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
@@ -122,8 +122,8 @@ case "${1:-}" in
       mkdir -p /tmp/results/scaling && OUT=/tmp/results/scaling bash "$0" scaling > /tmp/results/scaling/scaling.log 2>&1
     fi
     touch /tmp/results/ALL_DONE ;;
-  ablations)  # ablation rows (arguments; default rfonly llmonly) at lusifer-small's 700 stage-2 steps, then evaluated
-    shift; export ROWS="${*:-rfonly llmonly}"
+  ablations)  # ablation rows (arguments; default llmonly, the one left at 300 steps) at lusifer-small's 700 stage-2 steps, then evaluated
+    shift; export ROWS="${*:-llmonly}"
     mkdir -p $W /tmp/results
     setsid nohup bash "$0" run-ablations > $W/driver.log 2>&1 < /dev/null &
     sleep 2; echo launched ;;
