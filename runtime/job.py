@@ -181,7 +181,8 @@ def embed_corpus(
             "on_null": on_null,
             "max_length": embedder.max_length,
         },
-        "batching": batching,
+        # an INT8 variant runs one row per pass: its partial outputs must not be resumed by a batched run
+        "batching": {**batching, "one_row_per_pass": True} if embedder.one_row_per_pass else batching,
     }
     run_info = {
         "corpus_spec": str(corpus),

@@ -251,3 +251,22 @@ def test_fused_fp16_graph_is_bidirectional_and_padding_side_invariant(fp16_expor
     left = run(path, left_ids, left_mask)
     assert cosines(left, got).min() >= MIN_COSINE["fp16"]
     np.testing.assert_allclose(left, got, atol=2 * to_bidirectional + 1e-4)
+
+
+def test_int8_runs_one_row_per_pass_so_a_vector_does_not_depend_on_its_batch(fp16_export, caplog):
+    """Dynamic INT8 scales are per forward pass: batched, a row's vector would change with its batch-mates."""
+    from lusifer.runtime import Embedder
+
+    target, _, _ = fp16_export
+    int8 = Embedder(target, device="cpu", variant="int8", threads=1)
+    assert int8.one_row_per_pass and int8.rows_per_pass(None) == 1
+    texts = MULTILINGUAL_TEXTS[:5]
+    batches = int8.make_batches(int8.tokenize(texts))
+    assert [len(b.positions) for b in batches] == [1] * len(texts)
+    alone = np.concatenate([int8.embed([t]) for t in texts])
+    with caplog.at_level(logging.WARNING, logger="lusifer.runtime"):
+        together = int8.embed(texts + ["a much longer text " * 20], max_batch_rows=64)[: len(texts)]
+    np.testing.assert_array_equal(together, alone)
+    assert "max_batch_rows=64 ignored" in caplog.text
+    fp16 = Embedder(target, device="cpu", variant="fp16", threads=1)
+    assert not fp16.one_row_per_pass and fp16.rows_per_pass(None) > 1
