@@ -139,7 +139,7 @@ class Embedder:
         scales are computed per pass (see :data:`ONE_ROW_PER_PASS_QUANTIZATIONS`)."""
         requested = max_batch_rows or DEFAULT_MAX_BATCH_ROWS
         if self.one_row_per_pass and requested > 1:
-            if max_batch_rows is not None and not self._warned_rows:
+            if max_batch_rows not in (None, DEFAULT_MAX_BATCH_ROWS) and not self._warned_rows:  # asked for
                 logger.warning("max_batch_rows=%d ignored: variant %s runs one row per forward pass (its "
                                "quantisation scales are per pass)", max_batch_rows, self.variant)
                 self._warned_rows = True
