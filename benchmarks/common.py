@@ -26,6 +26,10 @@ RESULT_PREFIX = "RESULT "
 # the lusifer-embed / lusifer-eval entry points, run with this interpreter (what the console scripts call)
 EMBED_ENTRY = "import sys; from lusifer.runtime.cli import main; sys.exit(main())"
 EVAL_ENTRY = "import sys; from lusifer.evaluation.cli import main; sys.exit(main())"
+# lusifer-embed with ONNX Runtime's own intra-op pool on CUDA (one spinning thread per core), as the runtime
+# configured CUDA sessions before 2026-12-03 (seventh session); an A/B row of gpu_suite, never the product
+ORT_POOL_EMBED_ENTRY = ("import sys; from benchmarks.common import use_onnxruntime_thread_pool; "
+                        "use_onnxruntime_thread_pool(); " + EMBED_ENTRY.split("; ", 1)[1])
 # Starts argv[2:], waits with wait4, writes "exit_code wall_seconds max_rss_kib" to argv[1], exits with its code.
 LAUNCHER = (
     "import os, subprocess, sys, time\n"
@@ -145,6 +149,34 @@ def worker_cmd(*args: Any) -> list[str]:
 def embed_cmd(*args: Any) -> list[str]:
     """A command running the ``lusifer-embed`` entry point (``lusifer.runtime.cli:main``) with this interpreter."""
     return [sys.executable, "-c", EMBED_ENTRY, *map(str, args)]
+
+
+def use_onnxruntime_thread_pool() -> None:
+    """Make this process's CUDA sessions use ONNX Runtime's default intra-op pool (one thread per core, spinning).
+
+    The runtime's CUDA sessions have one intra-op thread and no spinning
+    (:func:`lusifer.runtime.session.session_options`); this restores the earlier configuration for an A/B
+    measurement. CPU sessions are left as they are.
+    """
+    import onnxruntime as ort
+
+    from lusifer.runtime import session as session_mod
+
+    product = session_mod.session_options
+
+    def onnxruntime_pool(device, threads):
+        if device.kind != "cuda":
+            return product(device, threads)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        return opts
+
+    session_mod.session_options = onnxruntime_pool
 
 
 def eval_cmd(*args: Any) -> list[str]:

@@ -15,6 +15,14 @@
 #                         without fusions (ort-baseline) and on the --fp16-fusions all graph with ONNX Runtime's
 #                         attention kernel and without cuDNN attention (ort-attention, ort-attention-no-cudnn),
 #                         E2E_REPEATS rounds (default 2) in turn, then CUDA kernel time by category
+#   gpu_lease.sh e2e-threads  lusifer-small on 200k rows: lusifer-embed and model-only with the runtime's CUDA
+#                         session (one intra-op thread) and with ONNX Runtime's own pool (one spinning thread
+#                         per core, the runtime's setting before the seventh session), E2E_REPEATS rounds (2)
+#   gpu_lease.sh e2e-budget   lusifer-embed and model-only on 200k rows with BUDGET padded tokens per batch
+#                         (default 65536) and BUDGET_ROWS rows (default 2048) instead of the runtime's 16384 / 512
+#   gpu_lease.sh measure  detached driver (run-measure): prepare-small (SMALL_EXPORTS, default fp16), then with
+#                         the GPU and CPU to themselves e2e-threads, e2e-budget, scaling, then the paper shape's
+#                         export (PAPER_FUSIONS) and paper; results in /tmp/results/<step>, bundled by collect
 #   gpu_lease.sh scaling  lusifer-small's fp16 export through lusifer-embed on CUDA at 10k, 100k, 1M rows (SCALING_SIZES)
 #                         built from /tmp/data/eval (gpu_setup.sh unpacks it from benchmarks/corpus/eval.tgz)
 #   gpu_lease.sh all      everything above in one detached driver (run-all): lusifer-small's 700-step training
@@ -85,6 +93,32 @@ case "${1:-}" in
       --only lusifer-embed,lusifer-embed-inflight2,ort-model-only,ort-baseline,ort-attention,ort-attention-no-cudnn \
       --baseline-export $W/small/export-fp16-unfused --attention-export $W/small/export-fp16-all --profile \
       --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e --out-dir "$OUT" ;;
+  e2e-threads)
+    python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
+      --corpus $C/gpu-200k.parquet --work-dir $W/gpu \
+      --only lusifer-embed,ort-model-only,lusifer-embed-ort-pool,ort-model-only-pool \
+      --repeats "${E2E_REPEATS:-2}" --name gpu_small_200k_e2e_threads --out-dir "$OUT" ;;
+  e2e-budget)
+    python3 -m benchmarks.gpu_suite --shape small --model-dir $W/small/merged --export-dir $W/small/export-fp16 \
+      --corpus $C/gpu-200k.parquet --work-dir $W/gpu --only lusifer-embed,ort-model-only \
+      --token-budget "${BUDGET:-65536}" --max-batch-rows "${BUDGET_ROWS:-2048}" \
+      --repeats "${E2E_REPEATS:-2}" --name "gpu_small_200k_e2e_budget${BUDGET:-65536}" --out-dir "$OUT" ;;
+  measure)
+    mkdir -p $W /tmp/results
+    setsid nohup bash "$0" run-measure > $W/driver.log 2>&1 < /dev/null &
+    sleep 2; echo launched ;;
+  run-measure)
+    SMALL_EXPORTS=${SMALL_EXPORTS:-fp16} bash "$0" prepare-small
+    until [ -f $W/SMALL_DONE ]; do sleep 5; done
+    tail -c 1500 $W/small_prepare.log > /tmp/results/small_prepare.log
+    for step in e2e-threads e2e-budget scaling; do
+      mkdir -p /tmp/results/$step && OUT=/tmp/results/$step bash "$0" $step > /tmp/results/$step/$step.log 2>&1
+      touch /tmp/results/${step^^}_DONE
+    done
+    mkdir -p /tmp/results/paper
+    python3 -m benchmarks.gpu_suite "${paper_args[@]}" --prepare-only > /tmp/results/paper/paper_prepare.log 2>&1 \
+      && OUT=/tmp/results/paper bash "$0" paper > /tmp/results/paper/paper.log 2>&1
+    touch /tmp/results/ALL_DONE ;;
   scaling)  # lusifer-embed on CUDA at 10k, 100k and 1M rows (corpora built from the development suite)
     python3 -m benchmarks.scaling --model $W/small/export-fp16 --variant fp16 --device cuda \
       --suite /tmp/data/eval --sizes ${SCALING_SIZES:-10000,100000,1000000} --work-dir $W/scaling \
@@ -153,5 +187,5 @@ case "${1:-}" in
     bundle
     ls /tmp/results; tail -n 5 $W/driver.log $W/train.log 2>/dev/null; tail -c 400 /tmp/runs/full.log 2>/dev/null
     tail -n 1 /tmp/runs/*-s*/metrics.jsonl 2>/dev/null; tail -c 600 $W/*_prepare.log ;;
-  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|scaling|all|ablations|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|prepare-small|wait|check|small|paper|e2e|e2e-threads|e2e-budget|scaling|all|measure|ablations|collect" >&2; exit 2 ;;
 esac

@@ -38,6 +38,7 @@ from pathlib import Path
 from benchmarks.batches import fixed_plan, read_texts, tokenize_corpus, window_plan
 from benchmarks.common import (
     DEFAULT_WORK_DIR,
+    ORT_POOL_EMBED_ENTRY,
     RESULTS_DIR,
     BenchmarkError,
     embed_cmd,
@@ -69,13 +70,17 @@ DEFAULT_ROWS = ("lusifer-embed", "ort-model-only", "pytorch-sorted", "pytorch-un
 # batches in flight (--inflight 2: the next batch is launched while the GPU computes the previous one).
 EMBED_VARIANTS = {"lusifer-embed-ort1": (["--threads", "1"], {}),
                   "lusifer-embed-rayon4": ([], {"RAYON_NUM_THREADS": "4"}),
-                  "lusifer-embed-inflight2": (["--inflight", "2"], {})}
+                  "lusifer-embed-inflight2": (["--inflight", "2"], {}),
+                  "lusifer-embed-ort-pool": ([], {})}
+# rows run with ONNX Runtime's own intra-op pool on CUDA (one spinning thread per core; the runtime's CUDA
+# sessions had it until the seventh session and now have one thread): lusifer-embed and model-only, for the A/B
+ORT_POOL_ROWS = ("lusifer-embed-ort-pool", "ort-model-only-pool")
 # ort-attention*: with --attention-export (an export made with --fp16-fusions all), model-only on that graph with
 # cuDNN attention switched on (ONNX Runtime 1.31's own choice on Hopper) and off (the runtime's CUDA default since
 # 2026-12-03, lusifer.runtime.session.avoid_cudnn_attention: the memory-efficient kernel instead).
 ATTENTION_ROWS = {"ort-attention": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "1"},
                   "ort-attention-no-cudnn": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "0"}}
-ROWS = (*DEFAULT_ROWS, "ort-baseline", *ATTENTION_ROWS, *EMBED_VARIANTS)
+ROWS = (*DEFAULT_ROWS, "ort-baseline", "ort-model-only-pool", *ATTENTION_ROWS, *EMBED_VARIANTS)
 TARGETS = {"small_ort_vs_pytorch": 1.5, "paper_ort_vs_pytorch": 1.0, "paper_fraction_of_peak": 0.60,
            "embed_vs_model_only": 0.90}
 
@@ -124,19 +129,21 @@ def run_row(name: str, args, model: Path, export: Path, corpus: Path, work: Path
         extra_args, extra_env = EMBED_VARIANTS.get(name, ([], {}))
         out = work / "lusifer-embed.npy"
         remove_output(out)
-        child = run_child(embed_cmd(corpus, "--out", out, "--model", export, "--device", args.device, "--variant",
-                                    "fp16", "--kind", "document", "--no-progress", "--chunk-rows", args.window_rows,
-                                    "--token-budget", args.token_budget, "--max-batch-rows", args.max_batch_rows,
-                                    *extra_args),
-                          name, env=extra_env or None)
+        cmd = embed_cmd(corpus, "--out", out, "--model", export, "--device", args.device, "--variant",
+                        "fp16", "--kind", "document", "--no-progress", "--chunk-rows", args.window_rows,
+                        "--token-budget", args.token_budget, "--max-batch-rows", args.max_batch_rows, *extra_args)
+        if name in ORT_POOL_ROWS:
+            cmd[2] = ORT_POOL_EMBED_ENTRY
+        child = run_child(cmd, name, env=extra_env or None)
         s = embed_summary(out)
         remove_output(out)
         r = {"rows": s["rows_this_run"], "seconds": s["seconds"], "tokens": s["tokens"],
              "padded_tokens": s["padded_tokens"], "provider": s["provider"], "variant": s["variant"],
              "warmup_seconds": s.get("warmup_seconds"), "timing": s.get("timing")}
-    elif name in ("ort-model-only", "ort-baseline", *ATTENTION_ROWS):
-        child = run_child(worker_cmd("ort-batches", "--variant", "fp16", "--plan", "window", *plan_opts), name,
-                          env=ATTENTION_ROWS.get(name) or None)
+    elif name in ("ort-model-only", "ort-model-only-pool", "ort-baseline", *ATTENTION_ROWS):
+        pool = ["--ort-pool"] if name in ORT_POOL_ROWS else []
+        child = run_child(worker_cmd("ort-batches", "--variant", "fp16", "--plan", "window", *pool, *plan_opts),
+                          name, env=ATTENTION_ROWS.get(name) or None)
         r = child.result
     else:
         plan = ["--plan", "window"] if name == "pytorch-sorted" else ["--plan", "fixed", "--batch-rows",
@@ -176,6 +183,28 @@ def targets(shape: str, rows: dict) -> list[dict]:
     return out
 
 
+def end_to_end_rounds(rounds: dict) -> str:
+    """Per round, each lusifer-embed row against the model-only row of the same session settings in that round."""
+    lines = []
+    for name, runs in rounds.items():
+        if not name.startswith("lusifer-embed"):
+            continue
+        paired = "ort-model-only-pool" if name in ORT_POOL_ROWS else "ort-model-only"
+        for i, r in enumerate(runs):
+            model = rounds.get(paired, [])
+            if i >= len(model):
+                continue
+            t = r.get("timing") or {}
+            lines.append([name, i + 1, r["tokens_per_s"], model[i]["tokens_per_s"],
+                          f"{r['tokens_per_s'] / model[i]['tokens_per_s']:.1%}", t.get("infer_s"), model[i]["seconds"],
+                          t.get("wait_tokens_s")])
+    if not lines:
+        return ""
+    return ("\n### End to end per round (each against the model-only row with the same session settings, same round)\n\n"
+            + md_table(["row", "round", "tokens/s", "model-only tokens/s", "end to end", "model calls s",
+                        "model-only s", "waiting for tokens s"], lines) + "\n")
+
+
 def markdown(doc: dict) -> str:
     m = doc["model"]
     layers = m["info"].get("decoder_layers")
@@ -201,6 +230,7 @@ def markdown(doc: dict) -> str:
                  f"warm-up batch): model {t['infer_s']:.3g} s, waiting for tokens {t['wait_tokens_s']:.3g} s, "
                  f"handing to the writer {t.get('handoff_s', 0):.3g} s, first batch done at {t['first_batch_s']:.3g} s, "
                  f"last commit {t['tail_s']:.3g} s.\n")
+    text += end_to_end_rounds(doc.get("rounds") or {})
     check = doc.get("flop_check")
     if check:
         text += (f"\nFLOP counter check on one batch {check['batch']}: torch FlopCounterMode "
@@ -321,6 +351,9 @@ def run(args) -> dict:
             "lusifer-embed-ort1": "as lusifer-embed, with --threads 1 (one ONNX Runtime intra-op thread)",
             "lusifer-embed-rayon4": "as lusifer-embed, with RAYON_NUM_THREADS=4 set from outside",
             "lusifer-embed-inflight2": "as lusifer-embed, with --inflight 2 (two batches in flight)",
+            "lusifer-embed-ort-pool": "as lusifer-embed, with ONNX Runtime's own intra-op pool on CUDA (one spinning "
+                                      "thread per core; the runtime's setting before the seventh session)",
+            "ort-model-only-pool": "as ort-model-only, with ONNX Runtime's own intra-op pool on CUDA",
         },
         "kernel_profile": profile,
     }

@@ -153,6 +153,11 @@ def torch_batches(args) -> dict:
 def ort_batches(args) -> dict:
     from lusifer.runtime import Embedder
 
+    if args.ort_pool:
+        from benchmarks.common import use_onnxruntime_thread_pool
+
+        use_onnxruntime_thread_pool()
+
     tokens, batches, plan = _plan(args)
     t_load = time.perf_counter()
     embedder = Embedder(args.export, device=args.device, variant=args.variant, threads=args.threads)
@@ -318,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=torch_batches)
     p = sub.add_parser("ort-batches")
     p.add_argument("--variant", required=True)
+    p.add_argument("--ort-pool", action="store_true",
+                   help="on CUDA, ONNX Runtime's own intra-op pool (one spinning thread per core) instead of the runtime's one thread")
     _plan_options(p)
     p.set_defaults(func=ort_batches)
     p = sub.add_parser("ort-profile")

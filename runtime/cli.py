@@ -31,7 +31,7 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
 @click.option("--variant", default=None,
               help="ONNX variant (fp32, fp16, int8). Default: fp16 on CUDA; int8 if exported, else fp32 on CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU intra-op threads [default: physical cores].")
+              help="ONNX Runtime intra-op threads [default: physical cores on CPU, 1 on CUDA].")
 @click.option("--inflight", type=click.IntRange(1, MAX_INFLIGHT), default=1, show_default=True,
               help="Batches run at once. On CUDA, 2 launches a batch while the GPU computes the previous one; "
                    "on CPU keep 1.")

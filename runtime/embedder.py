@@ -60,7 +60,7 @@ class Embedder:
         export_dir: Export folder written by ``lusifer-export``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ``"cuda"`` never falls back to CPU.
         variant: ONNX variant name (``"fp32"``, ``"fp16"``, ``"int8"``); ``None`` picks by device.
-        threads: CPU intra-op threads; ``None`` = number of physical cores.
+        threads: ONNX Runtime intra-op threads; ``None`` = the physical cores on CPU, 1 on CUDA.
         verify: Check sha256 checksums of the graph and tokenizer files (default on).
         inflight: Batches run at once by :meth:`run_batches` (default 1), each from its own thread. With 2 on
             CUDA, ONNX Runtime can launch one batch while the GPU still computes the previous one; results

@@ -79,7 +79,13 @@ def physical_cores() -> int:
 
 
 def session_options(device: Device, threads: int | None) -> ort.SessionOptions:
-    """Session options: full graph optimisation; on CPU ``threads`` intra-op threads that sleep when idle."""
+    """Session options: full graph optimisation; ``threads`` intra-op threads that sleep when idle.
+
+    On CPU ``threads`` defaults to the physical cores. On CUDA it defaults to 1: the GPU runs the graph and the
+    CPU provider only computes a few shape nodes, for which a thread pool brings nothing; ONNX Runtime's own
+    default there (a pool of one thread per core that spins after each use) competes for the cores with the
+    tokenizer and the thread that launches the CUDA kernels.
+    """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -88,14 +94,11 @@ def session_options(device: Device, threads: int | None) -> ort.SessionOptions:
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads!r} must be a positive integer")
-    if device.kind == "cpu":
-        opts.intra_op_num_threads = threads or physical_cores()
-        # Idle ORT workers sleep instead of spinning, leaving the cores to the tokenizer thread between
-        # batches: with tokenisation overlapped this measured 1090-1140 rows/s vs 500-910 rows/s spinning
-        # (tiny model, 2-core CPU, runtime/benchmark.py corpus).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    elif threads:
-        opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = threads or (physical_cores() if device.kind == "cpu" else 1)
+    # Idle ORT workers sleep instead of spinning, leaving the cores to the tokenizer thread between
+    # batches: with tokenisation overlapped this measured 1090-1140 rows/s vs 500-910 rows/s spinning
+    # (tiny model, 2-core CPU, runtime/benchmark.py corpus).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

@@ -102,6 +102,20 @@ def test_cuda_switches_cudnn_attention_off_unless_the_user_set_it(monkeypatch):
             session_mod.create_session("graph.onnx", session_mod.Device(kind))
     assert calls == [1]  # on CUDA only
 
+def test_cuda_sessions_get_one_non_spinning_intra_op_thread_unless_asked():
+    """On CUDA the CPU thread pool only computes shape nodes: one thread, no spinning workers competing with the
+    tokenizer and the kernel-launching thread; CPU keeps a pool of physical cores."""
+    from lusifer.runtime.session import Device, physical_cores, session_options
+
+    cuda = session_options(Device("cuda"), None)
+    assert cuda.intra_op_num_threads == 1
+    assert cuda.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(Device("cuda"), 3).intra_op_num_threads == 3
+    cpu = session_options(Device("cpu"), None)
+    assert cpu.intra_op_num_threads == physical_cores()
+    assert cpu.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 
 def test_inflight_batches_give_the_same_vectors_in_order(tiny_export, embedder):
     """Two batches in flight (worker threads) return what one at a time returns, row for row."""
