@@ -25,7 +25,12 @@ from lusifer.extras import require
 from lusifer.prompts import check_kind
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
-from lusifer.runtime.embedder import DEFAULT_MAX_BATCH_ROWS, DEFAULT_TOKEN_BUDGET, DEFAULT_WINDOW_ROWS
+from lusifer.runtime.embedder import (
+    DEFAULT_MAX_BATCH_ROWS,
+    DEFAULT_TOKEN_BUDGET,
+    DEFAULT_WINDOW_ROWS,
+    ONE_ROW_PER_PASS_QUANTIZATIONS,
+)
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.ray_actor import EmbedActor
@@ -173,6 +178,9 @@ def embed_corpus_ray(
         "options": {k: options[k] for k in ("column", "kind", "instruction", "normalize", "on_null")}
         | {"max_length": manifest.max_length},
     }
+    if manifest.variants[export.variant].quantization in ONE_ROW_PER_PASS_QUANTIZATIONS:
+        # as in lusifer-embed's output: shards of an older, batched INT8 run must not be resumed
+        identity["batching"] = {"one_row_per_pass": True}
     run_info = {"corpus_spec": str(corpus), "model_dir": str(model_dir), "address": address,
                 "gpus_per_actor": num_gpus_per_actor, "batching": {k: options[k] for k in
                                                                     ("token_budget", "max_batch_rows")}}

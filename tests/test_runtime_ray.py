@@ -154,6 +154,23 @@ def test_cli_ray(local_ray, tiny_export, shard_folder, reference, tmp_path):
     assert result.exit_code == 0 and "already complete" in result.output
 
 
+def test_int8_shards_are_one_row_per_pass_and_marked_so(local_ray, tiny_factory, shard_folder, tmp_path):
+    """INT8 actors embed one row per forward pass (vectors as the single-process INT8 run gives them) and the
+    output's identity says so, so shards of an older batched INT8 run are not resumed."""
+    from lusifer.export import export_model
+
+    export = tmp_path / "int8-export"
+    export_model(tiny_factory(), export, dtype="fp32", quantize="int8")
+    single = tmp_path / "single.npy"
+    embed_corpus(shard_folder, single, export, device="cpu", variant="int8", progress=False)
+    out = tmp_path / "out"
+    embed_corpus_ray(shard_folder, out, export, variant="int8", num_actors=2, rows_per_task=16, max_batch_rows=64,
+                     progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity"]["batching"] == {"one_row_per_pass": True}
+    np.testing.assert_array_equal(_concat(out), np.load(single))
+
+
 def test_without_ray_the_cli_says_which_extra_to_install(tiny_export, shard_folder, tmp_path):
     block_ray = (
         "import sys\n"
