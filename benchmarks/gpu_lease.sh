@@ -50,7 +50,7 @@ paper_args=(--shape paper --decoder-layers "$L" --tokenizer /tmp/base/encoder-me
 [ "$PF" = norm ] || paper_args+=(--name "gpu_paper_$PF")
 prepare_small() {
   mkdir -p $W && echo small >> $W/STARTED
-  setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports fp16,fp16-unfused,fp16-all; \
+  setsid nohup bash -c "python3 -m benchmarks.prepare_small --base /tmp/base --out-dir $W/small --exports ${SMALL_EXPORTS:-fp16,fp16-unfused,fp16-all}; \
     echo \$? > $W/SMALL_DONE" > $W/small_prepare.log 2>&1 < /dev/null &
 }
 case "${1:-}" in

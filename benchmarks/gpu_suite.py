@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     args.window_rows = args.window_rows or DEFAULT_WINDOW_ROWS[kind]
     args.token_budget = args.token_budget or DEFAULT_TOKEN_BUDGET[kind]
-    args.max_batch_rows = args.max_batch_rows or DEFAULT_MAX_BATCH_ROWS
+    args.max_batch_rows = args.max_batch_rows or DEFAULT_MAX_BATCH_ROWS[kind]
     try:
         doc = run(args)
     except BenchmarkError as exc:

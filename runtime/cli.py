@@ -46,9 +46,9 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Rows per committed chunk and length-sorting window [default: 2048 on CPU, 8192 on CUDA].")
 @click.option("--token-budget", type=click.IntRange(min=1), default=None,
-              help="Padded tokens per forward pass [default: 8192 on CPU, 16384 on CUDA].")
+              help="Padded tokens per forward pass [default: 8192 on CPU, 65536 on CUDA].")
 @click.option("--max-batch-rows", type=click.IntRange(min=1), default=None,
-              help="Rows per forward pass [default: 512].")
+              help="Rows per forward pass [default: 512 on CPU, 2048 on CUDA; 1 for int8].")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run on a Ray cluster (needs lusifer[ray]): ADDRESS such as auto, HEAD:6379 or ray://HEAD:10001; "
                    "alone: RAY_ADDRESS or a running local cluster, else a new local one. Reruns skip complete shards.")

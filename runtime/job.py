@@ -96,7 +96,7 @@ def _resolve_batching(previous: dict | None, device_kind: str, chunk_rows, token
             )
         given = {k: given[k] if given[k] is not None else stored.get(k) for k in given}
     defaults = {"chunk_rows": DEFAULT_WINDOW_ROWS[device_kind], "token_budget": DEFAULT_TOKEN_BUDGET[device_kind],
-                "max_batch_rows": DEFAULT_MAX_BATCH_ROWS}
+                "max_batch_rows": DEFAULT_MAX_BATCH_ROWS[device_kind]}
     return {k: given[k] if given[k] is not None else defaults[k] for k in given}
 
 

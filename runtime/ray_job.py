@@ -170,7 +170,7 @@ def embed_corpus_ray(
         "column": column, "kind": kind, "instruction": resolved_instruction,
         "normalize": manifest.normalize if normalize is None else bool(normalize), "on_null": on_null,
         "dtype": dtype, "token_budget": token_budget or DEFAULT_TOKEN_BUDGET[device_kind],
-        "max_batch_rows": max_batch_rows or DEFAULT_MAX_BATCH_ROWS,
+        "max_batch_rows": max_batch_rows or DEFAULT_MAX_BATCH_ROWS[device_kind],
     }
     identity = {
         "dim": manifest.embedding_dim, "dtype": dtype,
