@@ -158,22 +158,15 @@ def use_onnxruntime_thread_pool() -> None:
     (:func:`lusifer.runtime.session.session_options`); this restores the earlier configuration for an A/B
     measurement. CPU sessions are left as they are.
     """
-    import onnxruntime as ort
-
     from lusifer.runtime import session as session_mod
 
     product = session_mod.session_options
 
     def onnxruntime_pool(device, threads):
-        if device.kind != "cuda":
-            return product(device, threads)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = product(device, threads)
+        if device.kind == "cuda":  # ONNX Runtime's defaults: a pool of physical cores, spinning workers
+            opts.intra_op_num_threads = threads or 0
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
         return opts
 
     session_mod.session_options = onnxruntime_pool
