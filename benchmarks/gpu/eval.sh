@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Evaluate trained rows on the development suite; copy results to $OUT.
-#   gpu_eval.sh             every trained row plus the encoder alone, then the comparison table and the
-#                           weights to commit (after `gpu_train_all.sh` with lusifer-small itself)
-#   gpu_eval.sh ROW...      only these rows (full, alignonly, rfonly, frozenenc, connonly, llmonly, encoder),
-#                           their JSON and log straight to $OUT (gpu_train_all.sh ablations calls it per row
+#   eval.sh                 every trained row plus the encoder alone, then the comparison table and the
+#                           weights to commit (after `train_all.sh` with lusifer-small itself)
+#   eval.sh ROW...          only these rows (full, alignonly, rfonly, frozenenc, connonly, llmonly, encoder),
+#                           their JSON and log straight to $OUT (train_all.sh ablations calls it per row
 #                           as soon as the row is merged, so a lease that ends early keeps the finished rows)
 set -uo pipefail
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error

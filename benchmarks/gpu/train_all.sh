@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Train lusifer-small and the ablation rows concurrently on one GPU (small models do not fill an H100).
-# Run detached (setsid) by gpu_launch.sh; writes /tmp/runs/<name>/..., logs in /tmp/runs/*.log, and
-# /tmp/runs/DONE when every pipeline has finished. Step counts: S1_STEPS, S2_STEPS. `gpu_train_all.sh ablations`:
-# the ablation rows only (benchmarks/gpu_lease.sh ablations runs them at 700 stage-2 steps, as lusifer-small).
+# Run detached (setsid) by lease.sh all / ablations; writes /tmp/runs/<name>/..., logs in /tmp/runs/*.log, and
+# /tmp/runs/DONE when every pipeline has finished. Step counts: S1_STEPS, S2_STEPS. `train_all.sh ablations`:
+# the ablation rows only (benchmarks/gpu/lease.sh ablations runs them at 700 stage-2 steps, as lusifer-small).
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
-R=/tmp/src/models/lusifer-small/recipe
+R=/tmp/src/models/lusifer-small/recipe  # the training configs
+G=/tmp/src/benchmarks/gpu
 D=/tmp/data
 B=/tmp/base
 O=/tmp/runs
@@ -50,12 +51,12 @@ LusiferModel.from_config(LusiferConfig.from_dict(model)).save_pretrained("$O/rfo
 PY
 }
 if [ "${1:-}" = ablations ]; then  # the ablation rows named in ROWS (default all four), concurrently, S2_STEPS each
-  # (700 to match lusifer-small); each row is evaluated (recipe/gpu_eval.sh ROW, results to $OUT) once merged.
+  # (700 to match lusifer-small); each row is evaluated (benchmarks/gpu/eval.sh ROW, results to $OUT) once merged.
   # Measured on the H200: all four at once with GC=64 made 0.3-0.56 steps/s each, ~40 min in all: more than
-  # a lease, so benchmarks/gpu_lease.sh runs two rows per lease.
+  # a lease, so benchmarks/gpu/lease.sh runs two rows per lease.
   ROWS=${ROWS:-frozenenc connonly rfonly llmonly}
   has() { [[ " $ROWS " == *" $1 "* ]]; }
-  ev() { OUT=${OUT:-$O} bash $R/gpu_eval.sh "$1"; }
+  ev() { OUT=${OUT:-$O} bash $G/eval.sh "$1"; }
   pids=()
   if has frozenenc || has connonly; then  # both start from the frozen-encoder stage-1 model
     s1 frozenenc --set "encoder_lora_targets=[]" > $O/frozenenc-s1.log 2>&1 & p_s1=$!
