@@ -27,7 +27,7 @@ RESULT_PREFIX = "RESULT "
 EMBED_ENTRY = "import sys; from lusifer.runtime.cli import main; sys.exit(main())"
 EVAL_ENTRY = "import sys; from lusifer.evaluation.cli import main; sys.exit(main())"
 # lusifer-embed with ONNX Runtime's own intra-op pool on CUDA (one spinning thread per core), as the runtime
-# configured CUDA sessions before 2026-12-03 (seventh session); an A/B row of gpu_suite, never the product
+# configured CUDA sessions before 2026-12-03; an A/B row of gpu_suite, never the product
 ORT_POOL_EMBED_ENTRY = ("import sys; from benchmarks.common import use_onnxruntime_thread_pool; "
                         "use_onnxruntime_thread_pool(); " + EMBED_ENTRY.split("; ", 1)[1])
 # Starts argv[2:], waits with wait4, writes "exit_code wall_seconds max_rss_kib" to argv[1], exits with its code.

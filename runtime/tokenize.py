@@ -18,7 +18,7 @@ from lusifer.runtime.errors import ExportFolderError
 # Threads of the tokenizer's Rust (rayon) pool when the model runs on CUDA. With every core tokenising, the
 # pool competed with the thread that launches the CUDA kernels: lusifer-small on an H200, 200k rows, the model
 # calls took 20.9 s vs 18.6 s model-only (86.8% end to end); with 4 threads 18.1 s vs 17.4 s and the reader
-# still ahead (93.9%; benchmarks/results/h200/gpu_small_200k_e2e*.md).
+# still ahead (93.9%; gpu_small_200k_e2e_rayon4.md, in the git history of benchmarks/results/h200/).
 CUDA_TOKENIZER_THREADS = 4
 
 

@@ -57,9 +57,8 @@ MODEL_FIELDS = ("connector_hidden", "num_learnable_tokens", "max_length", "proje
                 "pooling", "attn_implementation", "normalize")
 OWN_PREFIXES = ("connector.", "projection.")
 # CPU: fp32 only. With the first weights the INT8 graph missed the export's INT8 tolerance (min cosine 0.966 < 0.98,
-# 2026-11-25); with the 700-step weights it passes (0.9876) and drifts +0.5 points on the dev suite, but
-# quantising took 8 minutes on a 2-core CPU for a 1.2-1.3x speed-up there, too slow for a first-use build
-# (benchmarks/results/cpu_small_int8.md). `lusifer-export --quantize int8` makes it for those who want it.
+# 2026-11-25); with the 700-step weights it passes (0.9876), but quantising took minutes on a 2-core CPU for a
+# 1.24x speed-up there, too slow for a first-use build (benchmarks/results/cpu/cpu_small_20k_ort_rowwise.md). `lusifer-export --quantize int8` makes it for those who want it.
 EXPORT_OPTIONS = {"cpu": {"dtype": "fp32", "quantize": None}, "cuda": {"dtype": "fp16", "quantize": None}}
 BUILD_INFO = "build.json"
 

@@ -17,7 +17,7 @@
 #                         E2E_REPEATS rounds (default 2) in turn, then CUDA kernel time by category
 #   lease.sh e2e-threads  lusifer-small on 200k rows: lusifer-embed and model-only with the runtime's CUDA
 #                         session (one intra-op thread) and with ONNX Runtime's own pool (one spinning thread
-#                         per core, the runtime's setting before the seventh session), E2E_REPEATS rounds (2)
+#                         per core, the runtime's setting before 2026-12-03), E2E_REPEATS rounds (2)
 #   lease.sh e2e-budget   lusifer-embed and model-only on 200k rows with BUDGET padded tokens per batch
 #                         (default 65536) and BUDGET_ROWS rows (default 2048) instead of the runtime's 16384 / 512
 #   lease.sh measure  detached driver (run-measure): prepare-small (SMALL_EXPORTS, default fp16), then with
@@ -32,7 +32,7 @@
 #   lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
 #                         default llmonly) trained concurrently at S2_STEPS (default 700, as lusifer-small)
 #                         with gpu-data.tgz staged, each evaluated (benchmarks/gpu/eval.sh ROW) once merged. Two rows
-#                         per lease: all four at once took ~40 min on the H200 (fifth session), over a lease
+#                         per lease: all four at once took ~40 min on the H200, over a lease
 #   lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into
 #                         $OUT/results.tgz (+ the trained weights beside it: a call returns at most 8 files)
 # Results go to $OUT (gpu_small, gpu_small_200k, gpu_small_200k_e2e, gpu_paper .json/.md). Corpora and staging: docs/gpu-runs.md.
