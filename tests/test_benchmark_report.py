@@ -52,3 +52,19 @@ def test_a_headline_figure_without_a_results_file_is_an_error(tmp_path):
     assert proc.returncode == 2
     assert "no results file for 'fp16 on CUDA vs PyTorch fp32'" in proc.stderr
     assert readme.read_text("utf-8") == (REPO / "README.md").read_text("utf-8")
+
+
+def test_results_files_are_written_without_local_paths(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is not an installed package
+    from benchmarks.common import REPO_ROOT, machine_info, write_results
+
+    data = {"benchmark": "edge", "machine": machine_info(),
+            "model": f"{REPO_ROOT}/benchmarks/work/small/export-int8", "command": f"{sys.executable} -m x"}
+    json_path, md_path = write_results(tmp_path, "run", data, f"# run\n\nexport {REPO_ROOT}/benchmarks/work/small\n")
+
+    for path in (json_path, md_path):
+        text = path.read_text("utf-8")
+        assert str(REPO_ROOT) not in text and sys.executable not in text and "dirty" not in text
+    saved = json.loads(json_path.read_text("utf-8"))
+    assert saved["model"] == "benchmarks/work/small/export-int8" and saved["command"] == "python -m x"
+    assert "cwd" not in saved["machine"]
