@@ -374,7 +374,13 @@ def _section(r: Result, base: Path) -> str:
             f"Command: `{m.get('command')}`\n\n{_note(r)}{body}\n{_targets(r)}")
 
 
-def docs_page(results: Sequence[Result], docs_file: Path, readme_table_text: str) -> str:
+def markdown_only_results(results_dir: Path) -> list[Path]:
+    """Results written as Markdown alone (e.g. by ``int8_batching_ab.sh``): ``.md`` files with no ``.json`` beside."""
+    return sorted(md for md in results_dir.rglob("*.md") if not md.with_suffix(".json").is_file())
+
+
+def docs_page(results: Sequence[Result], docs_file: Path, readme_table_text: str, results_dir: Path,
+              markdown_only: Sequence[Path] = ()) -> str:
     base = docs_file.parent
     kinds = sorted({r.kind for r in results}, key=lambda k: (k != "cpu", k))
     parts = [
@@ -392,6 +398,10 @@ def docs_page(results: Sequence[Result], docs_file: Path, readme_table_text: str
         parts.append(f"## {kind.upper() if kind != 'cpu' else 'CPU'}\n")
         for r in sorted((r for r in results if r.kind == kind), key=lambda r: (r.started, r.name), reverse=True):
             parts.append(_section(r, base))
+    if markdown_only:
+        parts.append("## Results without a JSON file\n")
+        parts.append("Written by shell scripts as Markdown only (not tabulated here):\n\n"
+                     + "".join(f"- [{_relative(md, results_dir)}]({_relative(md, base)})\n" for md in markdown_only))
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 
@@ -412,7 +422,9 @@ def build(results_dir: Path, readme: Path, docs_file: Path) -> dict[Path, str]:
         raise ReportError(f"README {str(readme)!r} does not exist")
     new_readme = replace_between_markers(readme.read_text("utf-8"), readme_table(results, readme.parent),
                                          str(readme))
-    return {readme: new_readme, docs_file: docs_page(results, docs_file, readme_table(results, docs_file.parent))}
+    page = docs_page(results, docs_file, readme_table(results, docs_file.parent), results_dir,
+                     markdown_only_results(results_dir))
+    return {readme: new_readme, docs_file: page}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
