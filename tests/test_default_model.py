@@ -129,7 +129,7 @@ def _copy_weights(tiny_release, dest: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_missing_or_corrupt_weight_file_is_named(tiny_release, tmp_path, damage):
-    from lusifer.runtime.default_model import DefaultModelBuildError
+    from lusifer.default_model import BuildError
     from lusifer.train.lusifer_small import STAGE2_FILE, build_lusifer_small
 
     weights = _copy_weights(tiny_release, tmp_path / "weights")
@@ -141,7 +141,7 @@ def test_missing_or_corrupt_weight_file_is_named(tiny_release, tmp_path, damage)
         data[-10] ^= 0xFF
         file.write_bytes(bytes(data))
     out = tmp_path / "cache" / "export"
-    with pytest.raises(DefaultModelBuildError, match=STAGE2_FILE) as info:
+    with pytest.raises(BuildError, match=STAGE2_FILE) as info:
         build_lusifer_small(out, weights=weights, base_dir=tiny_release["base"], checksums=tiny_release["checksums"],
                             progress=False)
     assert ("missing" if damage == "missing" else "sha256") in str(info.value)
@@ -152,7 +152,7 @@ def test_missing_or_corrupt_weight_file_is_named(tiny_release, tmp_path, damage)
 def test_weight_file_with_wrong_keys_fails_strictly(tiny_release, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from lusifer.runtime.default_model import DefaultModelBuildError
+    from lusifer.default_model import BuildError
     from lusifer.train.lusifer_small import STAGE1_FILE, build_lusifer_small
 
     weights = _copy_weights(tiny_release, tmp_path / "weights")
@@ -161,7 +161,7 @@ def test_weight_file_with_wrong_keys_fails_strictly(tiny_release, tmp_path):
     save_file(state, str(weights / STAGE1_FILE))
     checksums = dict(tiny_release["checksums"], **{STAGE1_FILE: _sha(weights / STAGE1_FILE)})
     out = tmp_path / "cache" / "export"
-    with pytest.raises(DefaultModelBuildError, match=rf"{STAGE1_FILE}.*1 missing key"):
+    with pytest.raises(BuildError, match=rf"{STAGE1_FILE}.*1 missing key"):
         build_lusifer_small(out, weights=weights, base_dir=tiny_release["base"], checksums=checksums, progress=False)
     assert not out.exists()
 

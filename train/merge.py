@@ -29,6 +29,7 @@ from lusifer.train.checkpoint import (
 from lusifer.train.config import TrainConfig
 from lusifer.train.distributed import resolve_device
 from lusifer.train.lora import merge_lora
+from lusifer.train.model_setup import build_stage_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +60,6 @@ class MergeReport:
     min_cosine: float | None
 
 
-def task_for(stage: str):
-    """The training task of a stage (imported lazily: the stages import this module)."""
-    if stage == "stage1":
-        from lusifer.train.stage1 import Stage1Task
-
-        return Stage1Task()
-    if stage == "stage2":
-        from lusifer.train.stage2 import Stage2Task
-
-        return Stage2Task()
-    raise MergeError(f"unknown stage {stage!r}; expected stage1 or stage2")
-
-
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
     """A checkpoint folder as is; a run folder -> its final checkpoint (the run must have finished)."""
     folder = Path(source)
@@ -100,7 +88,9 @@ def model_from_checkpoint(checkpoint: str | os.PathLike, device: str | torch.dev
     config = read_checkpoint_config(folder)
     config = config.replace(model_dtype="float32", gradient_checkpointing=False, device="auto", precision="auto")
     device = resolve_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
-    model = task_for(config.stage).build_model(config, device)
+    if config.stage not in ("stage1", "stage2"):
+        raise MergeError(f"unknown stage {config.stage!r} in {folder}; expected stage1 or stage2")
+    model = build_stage_model(config, device)
     load_weights(model, folder / WEIGHTS_FILE)
     set_attention_causal(model.llm, False)
     model.eval()
