@@ -15,7 +15,7 @@ from lusifer.runtime.batching import Batch, make_batch, plan_batches
 from lusifer.runtime.errors import EmbedError, ExportFolderError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.session import GraphRunner, create_session, resolve_device
-from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts, cap_tokenizer_threads
+from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ class Embedder:
             CUDA, ONNX Runtime can launch one batch while the GPU still computes the previous one; results
             are the same and come back in order. On CPU keep 1: the intra-op threads already use every core.
 
+    Building an ``Embedder`` changes no process environment variable. On CUDA, ``lusifer-embed`` also caps the
+    tokenizer's thread pool (:func:`lusifer.runtime.tokenize.cuda_tokenizer_env`, ``RAYON_NUM_THREADS=4``) to
+    leave cores to the thread that launches the kernels; a program embedding a large corpus on CUDA can apply
+    it itself before its first ``embed``.
+
     Example:
         >>> emb = Embedder("export/", device="cpu")
         >>> vecs = emb.embed(["Кошка спит.", "The cat sleeps."], kind="query")
@@ -87,8 +92,6 @@ class Embedder:
         self.inflight = inflight
         self._pool = ThreadPoolExecutor(inflight, thread_name_prefix="lusifer-infer") if inflight > 1 else None
         self.device = resolve_device(device)
-        if self.device.kind == "cuda":  # leave cores to the thread that launches the kernels
-            logger.debug("tokenizer threads: RAYON_NUM_THREADS=%s", cap_tokenizer_threads())
         self.export = open_export(export_dir, self.device.kind, variant, verify=verify)
         self.manifest = self.export.manifest
         self.tokenizer = TextTokenizer(self.export.tokenizer_path, self.manifest)
