@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from lusifer.runtime.corpus import open_parquet
-from lusifer.runtime.embedder import Embedder, l2_normalize
+from lusifer.runtime.embedder import Embedder
 from lusifer.runtime.errors import CorpusError, ExportFolderError
+from lusifer.vectors import l2_normalize
 
 
 def read_slice(path: str, column: str, row_groups: list[int], start: int, stop: int) -> list:

@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.test_runtime_support import BLOCK_TORCH
 from lusifer.runtime.default_model import DEFAULT_MODEL_VERSION
+from lusifer.vectors import row_cosines
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["The cat sleeps on the warm windowsill.", "El gato duerme en la ventana.", "Кошка спит.", "猫在睡觉。"]
@@ -89,12 +89,6 @@ def tiny_release(tmp_path_factory):
     return {"root": root, "base": root / "base", "weights": weights, "checksums": checksums, "reference": reference}
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
-
-
 def test_build_merges_lora_and_exports_matching_embeddings(tiny_release, tmp_path):
     """Strict load + merge + export of the committed-weight layout: the export embeds like the unmerged model."""
     from lusifer.runtime.embedder import Embedder
@@ -111,7 +105,7 @@ def test_build_merges_lora_and_exports_matching_embeddings(tiny_release, tmp_pat
     assert info["merge"]["stage2"]["merged"] == ["encoder", "llm"]
     assert info["merge"]["stage2"]["min_cosine"] > 0.9999
     got = Embedder(out, device="cpu", variant="fp32").embed(TEXTS, kind="document")
-    assert _cosines(got, tiny_release["reference"]).min() > 0.9999
+    assert row_cosines(got, tiny_release["reference"]).min() > 0.9999
     # no staging folders left; a second call reuses the export without rebuilding
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".export.staging")) == []
     mtime = (out / "manifest.json").stat().st_mtime_ns

@@ -20,7 +20,6 @@ complete, under a file lock, so concurrent or interrupted builds never leave a f
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lusifer.atomic import write_json_atomic
 from lusifer.checksums import sha256_file as _sha256
 from lusifer.config import LusiferConfig
 from lusifer.default_model import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, MANIFEST_FILE, BuildError, weights_dir
@@ -250,8 +250,7 @@ def build_lusifer_small(
                 "variants": {k: v.parity for k, v in manifest.variants.items()},
                 "build_seconds": round(time.perf_counter() - started, 1),
             }
-            (staging / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            os.replace(staging / BUILD_INFO, parent / f"{target.name}.{BUILD_INFO}")
+            write_json_atomic(parent / f"{target.name}.{BUILD_INFO}", info)
             os.rename(staging / "export", target)
         finally:
             steps.close()

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lusifer.backbones import set_attention_causal
@@ -30,6 +29,7 @@ from lusifer.train.config import TrainConfig
 from lusifer.train.distributed import resolve_device
 from lusifer.train.lora import merge_lora
 from lusifer.train.model_setup import build_stage_model
+from lusifer.vectors import row_cosines
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,6 @@ def model_from_checkpoint(checkpoint: str | os.PathLike, device: str | torch.dev
     return model, config
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
-    return float((a * b).sum(axis=1).min())
-
-
 def merge_model(model: LusiferModel, verify: bool = True) -> tuple[list[str], float | None]:
     """Merge the LoRA of ``model`` in place (bidirectional attention, eval mode), checking embeddings.
 
@@ -118,7 +112,7 @@ def merge_model(model: LusiferModel, verify: bool = True) -> tuple[list[str], fl
     set_attention_causal(model.llm, False)
     min_cos = None
     if verify:
-        min_cos = min(_min_cosine(before[k], model.encode(texts, kind=k, normalize=False)) for k in before)
+        min_cos = min(float(row_cosines(before[k], model.encode(texts, kind=k, normalize=False)).min()) for k in before)
         if min_cos < MIN_MERGE_COSINE:
             raise MergeError(f"merged embeddings differ from unmerged ones: min cosine {min_cos:.6f} < {MIN_MERGE_COSINE}")
     return merged, min_cos
