@@ -120,7 +120,9 @@ def cuda_provider_options(device: Device, environ: Mapping[str, str] = os.enviro
     - ``sdpa_kernel``: the attention kernels ``MultiHeadAttention`` may use, :data:`SDPA_KERNELS_WITHOUT_CUDNN`
       (ONNX Runtime's default set less cuDNN SDPA, which was a third slower on Hopper; see the note on
       :data:`CUDNN_ATTENTION_ENV`). Left out when the user set ``ORT_ENABLE_CUDNN_FLASH_ATTENTION`` (read, never
-      written), so that ONNX Runtime follows the variable. With ``sdpa_kernel`` set, ONNX Runtime also drops its
+      written), so that ONNX Runtime follows the variable; ``sdpa_kernel`` also takes precedence over ONNX
+      Runtime's other attention variables (``ORT_DISABLE_FLASH_ATTENTION``...), which setting
+      ``ORT_ENABLE_CUDNN_FLASH_ATTENTION`` (to 0 or 1) brings back into force. With ``sdpa_kernel`` set, ONNX Runtime also drops its
       minimum sequence lengths for flash attention on packed QKV and for fp32 memory-efficient attention; the
       fp16 graphs of ``lusifer-export`` pass query, key and value separately, and the fp32 graph has no fused
       attention, so neither applies.
