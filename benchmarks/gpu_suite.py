@@ -77,7 +77,8 @@ EMBED_VARIANTS = {"lusifer-embed-ort1": (["--threads", "1"], {}),
 ORT_POOL_ROWS = ("lusifer-embed-ort-pool", "ort-model-only-pool")
 # ort-attention*: with --attention-export (an export made with --fp16-fusions all), model-only on that graph with
 # cuDNN attention switched on (ONNX Runtime 1.31's own choice on Hopper) and off (the runtime's CUDA default since
-# 2026-12-03, lusifer.runtime.session.avoid_cudnn_attention: the memory-efficient kernel instead).
+# 2026-12-03: the memory-efficient kernel instead; now the sdpa_kernel provider option of
+# lusifer.runtime.session.cuda_provider_options, which a set ORT_ENABLE_CUDNN_FLASH_ATTENTION overrides).
 ATTENTION_ROWS = {"ort-attention": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "1"},
                   "ort-attention-no-cudnn": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "0"}}
 ROWS = (*DEFAULT_ROWS, "ort-baseline", "ort-model-only-pool", *ATTENTION_ROWS, *EMBED_VARIANTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -11,6 +12,8 @@ from lusifer.runtime.corpus import NULL_POLICIES
 from lusifer.runtime.embedder import MAX_INFLIGHT
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.job import embed_corpus
+from lusifer.runtime.session import resolve_device
+from lusifer.runtime.tokenize import cuda_tokenizer_env
 from lusifer.runtime.writer import OUTPUT_DTYPES
 
 
@@ -88,6 +91,7 @@ def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: s
     if num_actors is not None or gpus_per_actor:
         raise click.UsageError("--num-actors and --gpus-per-actor need --ray")
     try:
+        apply_process_settings(device)
         summary = embed_corpus(
             corpus, out_path, model_dir, column=column, kind=kind, instruction=instruction, device=device,
             variant=variant, threads=threads, dtype=dtype, normalize=normalize, on_null=on_null, resume=resume,
@@ -97,6 +101,24 @@ def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: s
     except (EmbedError, ManifestError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.format())
+
+
+def apply_process_settings(device: str) -> dict[str, str]:
+    """Set the process environment variables a ``lusifer-embed`` run wants, before anything is tokenised.
+
+    On CUDA: ``RAYON_NUM_THREADS=4`` (:func:`~lusifer.runtime.tokenize.cuda_tokenizer_env`): the tokenizer's
+    pool stays off the cores that the thread launching the CUDA kernels needs; a value the user set is kept.
+    Only this entry point writes the environment; the library never does.
+
+    Raises:
+        DeviceError: ``device`` is not understood, or CUDA was asked for but is not available.
+
+    Returns:
+        The variables set.
+    """
+    settings = cuda_tokenizer_env() if resolve_device(device).kind == "cuda" else {}
+    os.environ.update(settings)
+    return settings
 
 
 def _run_ray(corpus: str, out_dir: str, model_dir: str | None, address: str, num_actors: int | None,

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from lusifer.runtime.corpus import Corpus, iter_chunks
-from lusifer.runtime.embedder import Embedder, l2_normalize
+from lusifer.runtime.embedder import Embedder
 from lusifer.runtime.errors import CorpusError
 from lusifer.runtime.writer import VectorWriter
+from lusifer.vectors import l2_normalize
 
 _QUEUE_CHUNKS = 2  # chunks waiting between stages
 _POLL_S = 0.1

@@ -7,19 +7,15 @@ row identity never depends on the order in which Ray Data delivers results.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from lusifer.runtime.corpus import open_parquet
-from lusifer.runtime.embedder import Embedder, l2_normalize
+from lusifer.runtime.embedder import Embedder
 from lusifer.runtime.errors import CorpusError, ExportFolderError
-
-# Test hook: a path whose file, while it exists, names a shard index; the first actor call on that shard
-# creates ``<path>.done`` and kills its own process (``os._exit``) once, to prove that work is retried.
-CRASH_PLAN_ENV = "LUSIFER_RAY_TEST_CRASH_PLAN"
+from lusifer.vectors import l2_normalize
 
 
 def read_slice(path: str, column: str, row_groups: list[int], start: int, stop: int) -> list:
@@ -61,16 +57,6 @@ def read_slice(path: str, column: str, row_groups: list[int], start: int, stop: 
     return values
 
 
-def _maybe_crash(shard: int) -> None:
-    plan = os.environ.get(CRASH_PLAN_ENV)
-    if not plan or not Path(plan).is_file():
-        return
-    done = Path(plan + ".done")
-    if Path(plan).read_text().strip() == str(shard) and not done.exists():
-        done.write_text(str(os.getpid()))
-        os._exit(1)
-
-
 class EmbedActor:
     """Ray Data ``map_batches`` callable: loads an :class:`Embedder` once, then embeds work items.
 
@@ -100,7 +86,6 @@ class EmbedActor:
         shard_ids, rows, vectors = [], [], []
         for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
             shard, start, stop = int(shard), int(start), int(stop)
-            _maybe_crash(shard)
             vectors.append(self.embed_rows(shard, start, stop))
             shard_ids.append(np.full(stop - start, shard, dtype=np.int64))
             rows.append(np.arange(start, stop, dtype=np.int64))

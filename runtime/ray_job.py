@@ -6,6 +6,8 @@ folder), then plans work items, each a row range of one shard. A Ray Data pipeli
 of actors (one GPU each, or CPU actors); every output row carries its shard index and row number, and the
 driver places it into that shard's memory-mapped output. Ray Data's own ``read_parquet`` is not used: its
 blocks carry no row position within a file and may arrive in any order, so row identity would be lost.
+GPU actors get ``RAYON_NUM_THREADS=4`` in their ``runtime_env`` (:func:`~lusifer.runtime.tokenize.cuda_tokenizer_env`,
+unless the driver's environment sets it); the driver's own environment is not changed.
 Actors are created with ``max_restarts=-1`` and ``max_task_retries=-1``: a work item whose actor dies is run
 again on the restarted actor. Output files and ``manifest.json`` are written by the driver only (see
 :mod:`lusifer.runtime.ray_output`), so only the driver needs the output folder; the corpus and export folder
@@ -35,6 +37,7 @@ from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.ray_actor import EmbedActor
 from lusifer.runtime.ray_output import MANIFEST_NAME, ShardOutputs
+from lusifer.runtime.tokenize import cuda_tokenizer_env
 from lusifer.runtime.writer import OUTPUT_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -233,6 +236,17 @@ def _embed_error_in(exc: BaseException) -> EmbedError | None:
     return None
 
 
+def actor_environment(gpus: int) -> dict:
+    """Extra Ray options of the embedding actors: GPU actors cap their tokenizer pool through ``runtime_env``.
+
+    Returns:
+        ``{"runtime_env": {"env_vars": {"RAYON_NUM_THREADS": "4"}}}`` for GPU actors (unless the driver's
+        environment sets ``RAYON_NUM_THREADS``), else ``{}``.
+    """
+    env = cuda_tokenizer_env() if gpus else {}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num_actors, gpus, cpus,
          rows_per_task, progress, base) -> RaySummary:
     from tqdm.auto import tqdm
@@ -256,6 +270,7 @@ def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num
         num_gpus=gpus,
         max_restarts=-1,
         max_task_retries=-1,
+        **actor_environment(gpus),
     )
     if not logger.isEnabledFor(logging.INFO):
         logging.getLogger("ray.data").setLevel(logging.WARNING)

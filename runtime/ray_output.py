@@ -19,7 +19,8 @@ import numpy as np
 
 from lusifer.runtime.corpus import Shard
 from lusifer.runtime.errors import OutputError
-from lusifer.runtime.writer import _fsync_dir, identity_differences, write_json_atomic
+from lusifer.atomic import replace_file, write_json_atomic
+from lusifer.runtime.writer import identity_differences
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class ShardOutputs:
         return outputs
 
     def save(self) -> None:
-        write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest)
+        write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest, sort_keys=True)
 
     def _partial(self, i: int) -> Path:
         return self.out_dir / f".{self.manifest['shards'][i]['output']}.partial"
@@ -168,8 +169,7 @@ class ShardOutputs:
         mm.flush()
         del mm
         entry = self.manifest["shards"][i]
-        os.replace(self._partial(i), self.out_dir / entry["output"])
-        _fsync_dir(self.out_dir)
+        replace_file(self._partial(i), self.out_dir / entry["output"])
         entry["status"] = SHARD_COMPLETE
         self.save()
 

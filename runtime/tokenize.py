@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -22,18 +22,28 @@ from lusifer.runtime.errors import ExportFolderError
 CUDA_TOKENIZER_THREADS = 4
 
 
-def cap_tokenizer_threads(threads: int = CUDA_TOKENIZER_THREADS, environ=os.environ) -> str:
-    """Cap the tokenizer's thread pool at ``threads`` unless the user set ``RAYON_NUM_THREADS``.
+TOKENIZER_THREADS_ENV = "RAYON_NUM_THREADS"
 
-    The pool reads ``RAYON_NUM_THREADS`` when it starts, at the first parallel ``encode_batch`` of the process,
-    so this acts only if nothing was tokenised in parallel before (the case of a ``lusifer-embed`` run).
+
+def cuda_tokenizer_env(threads: int = CUDA_TOKENIZER_THREADS, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment setting that caps the tokenizer's thread pool for a run on CUDA; never sets it itself.
+
+    The Rust pool of ``tokenizers`` reads ``RAYON_NUM_THREADS`` once, when it starts (at the first parallel
+    ``encode_batch`` of the process), and has no other setting. So the caller that owns the process applies it
+    before anything is tokenised: ``lusifer-embed`` (``os.environ.update``) and the Ray job (the GPU actors'
+    ``runtime_env``). A library user of :class:`~lusifer.runtime.Embedder` on CUDA can do the same.
+
+    Args:
+        threads: The cap (at most the CPU count).
+        environ: The environment to read (the process's by default).
 
     Returns:
-        The value ``RAYON_NUM_THREADS`` now has.
+        ``{"RAYON_NUM_THREADS": "<n>"}``, or ``{}`` when ``RAYON_NUM_THREADS`` is already set (the user's
+        choice wins).
     """
-    if not environ.get("RAYON_NUM_THREADS"):
-        environ["RAYON_NUM_THREADS"] = str(max(1, min(threads, os.cpu_count() or 1)))
-    return environ["RAYON_NUM_THREADS"]
+    if environ.get(TOKENIZER_THREADS_ENV):
+        return {}
+    return {TOKENIZER_THREADS_ENV: str(max(1, min(threads, os.cpu_count() or 1)))}
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lusifer.atomic import replace_file, write_json_atomic
 from lusifer.runtime.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -38,31 +39,6 @@ def sidecar_path(out: str | os.PathLike) -> Path:
 
 def partial_path(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".partial")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file, fsync it, and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def read_sidecar(out: str | os.PathLike) -> dict | None:
@@ -186,7 +162,7 @@ class VectorWriter:
             "runs": [{**run, "start_row": 0}],
         }
         writer = cls(out, sidecar, header)
-        write_json_atomic(sidecar_path(out), sidecar)
+        write_json_atomic(sidecar_path(out), sidecar, sort_keys=True)
         return writer
 
     @classmethod
@@ -226,7 +202,7 @@ class VectorWriter:
         sidecar = dict(previous)
         sidecar["runs"] = list(previous.get("runs", [])) + [{**run, "start_row": done}]
         writer = cls(out, sidecar, header)
-        write_json_atomic(sidecar_path(out), sidecar)
+        write_json_atomic(sidecar_path(out), sidecar, sort_keys=True)
         logger.info("resuming %s at row %d of %d", out, done, rows)
         return writer
 
@@ -268,16 +244,15 @@ class VectorWriter:
         progress["completed_rows"] = start + n
         progress["chunks"] = progress.get("chunks", 0) + 1
         self.sidecar["runs"][-1].update(run_update)
-        write_json_atomic(sidecar_path(self.out), self.sidecar)
+        write_json_atomic(sidecar_path(self.out), self.sidecar, sort_keys=True)
 
     def finalize(self, summary: dict[str, Any]) -> Path:
         """Rename the complete partial file to the output path and mark the sidecar complete."""
         if self.completed_rows != self.rows:
             raise RuntimeError(f"only {self.completed_rows} of {self.rows} rows are written")
         if self.partial.exists():
-            os.replace(self.partial, self.out)
-            _fsync_dir(self.out.parent)
+            replace_file(self.partial, self.out)
         self.sidecar["status"] = STATUS_COMPLETE
         self.sidecar["summary"] = summary
-        write_json_atomic(sidecar_path(self.out), self.sidecar)
+        write_json_atomic(sidecar_path(self.out), self.sidecar, sort_keys=True)
         return self.out
