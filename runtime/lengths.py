@@ -98,7 +98,7 @@ class TruncationTally:
         self.warned = True
         logger.warning(
             "%d of the %d rows so far (%.1f%%) are longer than the max length of %d tokens and were cut: their "
-            "ends are not embedded (first: %s). Pass --chunk-tokens N to embed long texts whole, as windows.",
+            "ends are not embedded (%s). Pass --chunk-tokens N to embed long texts whole, as windows.",
             self.count, rows_seen, 100.0 * self.count / rows_seen, self.max_length, self.describe_rows(5),
         )
         return True
