@@ -163,15 +163,21 @@ class RowEncoder:
         self.chunk = chunk
         self.max_length = tokenizer.max_length
         self.before, self.after = prompt_parts(tokenizer, kind, self.instruction)
-        full = tokenizer.tokenizer.__class__.from_str(tokenizer.tokenizer.to_str())
-        full.no_truncation()
-        full.no_padding()
-        self._full = full
-        self.prompt_tokens = self._overhead(_PROBE_TEXT)
-        if self.prompt_tokens >= self.max_length:
+        self._full = None
+        if chunk is not None:  # windows need every token of a row: an untruncated copy (about 1 s for XLM-R's)
+            self._full = tokenizer.tokenizer.__class__.from_str(tokenizer.tokenizer.to_str())
+            self._full.no_truncation()
+            self._full.no_padding()
+        # prompt and special tokens, from a one-token text with the job's (truncating) tokenizer: exact as long as
+        # they leave room for text, which is what is checked
+        probe = tokenizer.tokenizer.encode(self.before + _PROBE_TEXT + self.after, add_special_tokens=True)
+        a, b = text_token_span(probe.special_tokens_mask, probe.offsets, len(self.before),
+                               len(self.before) + len(_PROBE_TEXT))
+        self.prompt_tokens = len(probe.ids) - (b - a)
+        if probe.overflowing or self.prompt_tokens >= self.max_length:
             raise OptionError(
                 f"max_length={self.max_length} leaves no room for text: the {kind} prompt and special tokens "
-                f"take {self.prompt_tokens} tokens"
+                f"take {'at least ' if probe.overflowing else ''}{self.prompt_tokens} tokens"
             )
         if chunk is not None and self.prompt_tokens + chunk.tokens > self.max_length:
             raise OptionError(
@@ -179,11 +185,6 @@ class RowEncoder:
                 f"prompt and special tokens a window would be {self.prompt_tokens + chunk.tokens} tokens, above the "
                 f"max length {self.max_length}; use chunk_tokens <= {self.max_length - self.prompt_tokens}"
             )
-
-    def _overhead(self, text: str) -> int:
-        enc = self._full.encode(self.before + text + self.after, add_special_tokens=True)
-        a, b = text_token_span(enc.special_tokens_mask, enc.offsets, len(self.before), len(self.before) + len(text))
-        return len(enc.ids) - (b - a)
 
     def encode(self, texts: Sequence[str]) -> RowTokens:
         """Tokenise rows: one sequence per row, or windows for rows longer than ``chunk.tokens`` text tokens."""
