@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from lusifer.prompts import format_text
 from lusifer.runtime.embedder import l2_normalize
@@ -165,7 +166,7 @@ class RowEncoder:
         self.before, self.after = prompt_parts(tokenizer, kind, self.instruction)
         self._full = None
         if chunk is not None:  # windows need every token of a row: an untruncated copy (about 1 s for XLM-R's)
-            self._full = tokenizer.tokenizer.__class__.from_str(tokenizer.tokenizer.to_str())
+            self._full = Tokenizer.from_str(tokenizer.tokenizer.to_str())
             self._full.no_truncation()
             self._full.no_padding()
         # prompt and special tokens, from a one-token text with the job's (truncating) tokenizer: exact as long as

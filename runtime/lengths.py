@@ -119,7 +119,7 @@ def describe_rows(count: int, rows: Sequence[int], ids: Sequence | None = None, 
     """Text listing the first truncated rows (see :meth:`TruncationTally.describe_rows`)."""
     shown = list(rows)[:limit]
     more = ", ..." if count > len(shown) else ""
-    if ids:
+    if ids is not None and len(ids) >= len(shown) > 0:
         return "ids " + ", ".join(f"{ids[i]!r} (row {r})" for i, r in enumerate(shown)) + more
     return "rows " + ", ".join(map(str, shown)) + more
 

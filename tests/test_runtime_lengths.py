@@ -16,7 +16,7 @@ from lusifer.runtime import Embedder, OutputError, embed_corpus
 from lusifer.runtime.chunking import ChunkSettings, RowEncoder, window_bounds
 from lusifer.runtime.cli import main
 from lusifer.runtime.errors import OptionError
-from lusifer.runtime.lengths import TRUNCATED_LISTED, resolve_max_length
+from lusifer.runtime.lengths import TRUNCATED_LISTED, TruncationTally, resolve_max_length
 from lusifer.runtime.writer import VectorWriter
 
 pytest_plugins = ["test_runtime_support"]  # tiny_export fixture
@@ -237,3 +237,20 @@ def test_chunked_run_interrupted_then_resumed_is_byte_identical(tiny_export, tmp
     assert resumed.resumed_from == 24 and resumed.chunk_tokens == 30 and resumed.max_length == 48
     assert out.read_bytes() == reference.read_bytes()
     assert resumed.windowed_rows == full.windowed_rows and resumed.windows == full.windows
+
+
+def test_tally_lists_the_first_rows_with_ids_and_resumes_from_the_sidecar(caplog):
+    tally = TruncationTally(max_length=32)
+    ids = np.array(["a", "b", "c", "d"])
+    assert tally.add(100, np.array([1, 3]), ids) == 2
+    assert tally.rows == [101, 103] and tally.ids == ["b", "d"]
+    assert tally.describe_rows() == "ids 'b' (row 101), 'd' (row 103)"
+    tally.add(200, np.arange(20), np.arange(20) + 7000)  # only the first TRUNCATED_LISTED rows are kept
+    assert tally.count == 22 and len(tally.rows) == TRUNCATED_LISTED and tally.rows[2] == 200
+    assert tally.ids[2] == 7000 and type(tally.ids[2]) is int  # JSON-friendly
+    restored = TruncationTally.from_progress({"truncated": 22, **tally.progress_fields()}, 32)
+    assert (restored.count, restored.rows, restored.ids) == (22, tally.rows, tally.ids)
+    with caplog.at_level(logging.WARNING, logger="lusifer.runtime.lengths"):
+        assert not restored.maybe_warn(2200)  # exactly 1%: no warning
+        assert restored.maybe_warn(2199) and not restored.maybe_warn(100)  # above 1%: once
+    assert len(caplog.records) == 1
