@@ -61,6 +61,8 @@ class Embedder:
         inflight: Batches run at once by :meth:`run_batches` (default 1), each from its own thread. With 2 on
             CUDA, ONNX Runtime can launch one batch while the GPU still computes the previous one; results
             are the same and come back in order. On CPU keep 1: the intra-op threads already use every core.
+        max_length: Most tokens per text (prompt and special tokens included), from 1 to the export's
+            ``max_length`` (the default); longer texts are cut on the right.
 
     Building an ``Embedder`` changes no process environment variable. On CUDA, ``lusifer-embed`` also caps the
     tokenizer's thread pool (:func:`lusifer.runtime.tokenize.cuda_tokenizer_env`, ``RAYON_NUM_THREADS=4``) to
@@ -80,6 +82,7 @@ class Embedder:
         threads: int | None = None,
         verify: bool = True,
         inflight: int = 1,
+        max_length: int | None = None,
     ):
         if isinstance(inflight, bool) or not isinstance(inflight, int) or not 1 <= inflight <= MAX_INFLIGHT:
             raise ValueError(f"inflight={inflight!r}: expected an integer from 1 to {MAX_INFLIGHT}")
@@ -88,7 +91,7 @@ class Embedder:
         self.device = resolve_device(device)
         self.export = open_export(export_dir, self.device.kind, variant, verify=verify)
         self.manifest = self.export.manifest
-        self.tokenizer = TextTokenizer(self.export.tokenizer_path, self.manifest)
+        self.tokenizer = TextTokenizer(self.export.tokenizer_path, self.manifest, max_length)
         if self.device.kind == "cpu" and self.manifest.variants[self.variant].dtype == "fp16":
             logger.warning("running the fp16 graph on CPU is slow; prefer --variant fp32 or int8 on CPU")
         self.session = create_session(self.export.graph_path, self.device, threads)
@@ -119,7 +122,8 @@ class Embedder:
 
     @property
     def max_length(self) -> int:
-        return self.manifest.max_length
+        """Most tokens per text: the ``max_length`` given, else the export's."""
+        return self.tokenizer.max_length
 
     @property
     def model_sha256(self) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from lusifer.runtime.corpus import Shard
 from lusifer.runtime.errors import OutputError
 from lusifer.atomic import replace_file, write_json_atomic
+from lusifer.runtime.lengths import TRUNCATED_LISTED
 from lusifer.runtime.writer import identity_differences
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class ShardOutputs:
         self.dim = manifest["identity"]["dim"]
         self.dtype = np.dtype(manifest["identity"]["dtype"])
         self._open: dict[int, tuple[np.memmap, np.ndarray]] = {}
+        self._lengths: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per open shard: truncated, windows per row
 
     @classmethod
     def open(cls, out_dir: str | os.PathLike, identity: dict, shards: list[Shard], overwrite: bool,
@@ -144,10 +146,17 @@ class ShardOutputs:
         entry = self.manifest["shards"][i]
         mm = np.lib.format.open_memmap(self._partial(i), mode="w+", dtype=self.dtype, shape=(entry["rows"], self.dim))
         self._open[i] = (mm, np.zeros(entry["rows"], dtype=bool))
+        self._lengths[i] = (np.zeros(entry["rows"], dtype=bool), np.ones(entry["rows"], dtype=np.int64))
         entry["status"] = SHARD_RUNNING
 
-    def add(self, shard: np.ndarray, row: np.ndarray, vector: np.ndarray) -> list[int]:
-        """Place vectors at their (shard, row); returns the shards completed by this call."""
+    def add(self, shard: np.ndarray, row: np.ndarray, vector: np.ndarray, truncated: np.ndarray | None = None,
+            windows: np.ndarray | None = None) -> list[int]:
+        """Place vectors at their (shard, row); returns the shards completed by this call.
+
+        ``truncated`` (rows cut at the max length) and ``windows`` (sequences per row) are recorded in the
+        shard's manifest entry when it completes: ``truncated``, ``truncated_rows`` (the first few rows of the
+        shard), ``windowed_rows`` and ``windows``.
+        """
         finished = []
         for i in np.unique(shard):
             i = int(i)
@@ -159,6 +168,11 @@ class ShardOutputs:
             mm, seen = self._open[i]
             mm[row[sel]] = vector[sel]
             seen[row[sel]] = True
+            cut, counts = self._lengths[i]
+            if truncated is not None:
+                cut[row[sel]] = truncated[sel]
+            if windows is not None:
+                counts[row[sel]] = windows[sel]
             if seen.all():
                 self._finish(i)
                 finished.append(i)
@@ -169,6 +183,10 @@ class ShardOutputs:
         mm.flush()
         del mm
         entry = self.manifest["shards"][i]
+        cut, counts = self._lengths.pop(i)
+        rows = np.nonzero(cut)[0]
+        entry.update(truncated=int(len(rows)), truncated_rows=rows[:TRUNCATED_LISTED].tolist(),
+                     windowed_rows=int((counts > 1).sum()), windows=int(counts[counts > 1].sum()))
         replace_file(self._partial(i), self.out_dir / entry["output"])
         entry["status"] = SHARD_COMPLETE
         self.save()
@@ -183,7 +201,22 @@ class ShardOutputs:
         for mm, _ in self._open.values():
             mm.flush()
         self._open.clear()
+        self._lengths.clear()
         incomplete = [e["output"] for e in self.manifest["shards"] if e["status"] != SHARD_COMPLETE]
         self.manifest["status"] = "complete" if not incomplete else "in_progress"
         self.manifest["runs"][-1].update(summary)
         self.save()
+
+    def length_totals(self) -> dict:
+        """Over the complete shards: truncated rows (count and first few corpus positions) and windows."""
+        totals = {"truncated": 0, "truncated_rows": [], "windowed_rows": 0, "windows": 0}
+        base = 0
+        for entry in self.manifest["shards"]:
+            if entry["status"] == SHARD_COMPLETE:
+                totals["truncated"] += entry.get("truncated", 0)
+                totals["windowed_rows"] += entry.get("windowed_rows", 0)
+                totals["windows"] += entry.get("windows", 0)
+                room = TRUNCATED_LISTED - len(totals["truncated_rows"])
+                totals["truncated_rows"] += [base + r for r in entry.get("truncated_rows", [])[:max(room, 0)]]
+            base += entry["rows"]
+        return totals

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from lusifer.onnx_interface import ExportManifest
 from lusifer.prompts import check_kind, format_texts
 from lusifer.runtime.errors import ExportFolderError
+from lusifer.runtime.lengths import resolve_max_length
 
 
 # Threads of the tokenizer's Rust (rayon) pool when the model runs on CUDA. With every core tokenising, the
@@ -74,24 +75,28 @@ class TokenizedTexts:
 class TextTokenizer:
     """Formats texts with the export's prompt templates and tokenises them like ``LusiferModel.tokenize``.
 
-    Truncation is at ``manifest.max_length`` (special tokens included, right side); special tokens come from
-    the tokenizer's post-processor. No padding here: batches are padded by :mod:`lusifer.runtime.batching`.
+    Truncation is at ``max_length`` (special tokens included, right side; default ``manifest.max_length``);
+    special tokens come from the tokenizer's post-processor. No padding here: batches are padded by
+    :mod:`lusifer.runtime.batching`.
 
     Args:
         tokenizer_path: The export's ``tokenizer.json``.
         manifest: The export manifest (templates, default instructions, max_length).
+        max_length: Most tokens per text, at most the manifest's (see
+            :func:`~lusifer.runtime.lengths.resolve_max_length`); ``None`` = the manifest's.
     """
 
-    def __init__(self, tokenizer_path: str | os.PathLike, manifest: ExportManifest):
+    def __init__(self, tokenizer_path: str | os.PathLike, manifest: ExportManifest, max_length: int | None = None):
+        max_length = resolve_max_length(max_length, manifest.max_length)
         try:
             tok = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
             raise ExportFolderError(f"cannot load tokenizer {str(tokenizer_path)!r}: {exc}") from exc
         tok.no_padding()
-        tok.enable_truncation(manifest.max_length, stride=0, strategy="longest_first", direction="right")
+        tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
         self.tokenizer = tok
         self.manifest = manifest
-        self.max_length = manifest.max_length
+        self.max_length = max_length
 
     def resolve_instruction(self, kind: str, instruction: str | None) -> str:
         """The instruction used for ``kind``: the given one, else the export's default ("" = none)."""

@@ -223,7 +223,8 @@ class VectorWriter:
         Args:
             start: First row; must equal ``completed_rows`` (chunks are committed in order).
             block: ``(rows, dim)`` values (cast to the output dtype).
-            stats: Counters to add to the sidecar's progress (tokens, truncated, ...).
+            stats: Counters to add to the sidecar's progress (tokens, truncated, ...); a list value replaces
+                the stored one (e.g. the first truncated rows).
             run_update: Fields to set on this run's entry in ``runs`` (rows, seconds, rates).
         """
         if start != self.completed_rows:
@@ -239,8 +240,8 @@ class VectorWriter:
             window.flush()
             del window
         progress = self.sidecar["progress"]
-        for key, value in stats.items():
-            progress[key] = progress.get(key, 0) + value
+        for key, value in stats.items():  # counters are added; lists (rows listed so far) replace
+            progress[key] = value if isinstance(value, list) else progress.get(key, 0) + value
         progress["completed_rows"] = start + n
         progress["chunks"] = progress.get("chunks", 0) + 1
         self.sidecar["runs"][-1].update(run_update)

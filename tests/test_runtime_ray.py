@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from test_runtime_support import corpus_texts, run_python, write_parquet
 
-from lusifer.runtime import CorpusError, OutputError, embed_corpus
+from lusifer.runtime import CorpusError, OptionError, OutputError, embed_corpus
 from lusifer.runtime.cli import main
 from lusifer.runtime.ray_actor import EmbedActor
 
@@ -173,6 +173,31 @@ def test_int8_shards_are_one_row_per_pass_and_marked_so(local_ray, tiny_factory,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity"]["batching"] == {"one_row_per_pass": True}
     np.testing.assert_array_equal(_concat(out), np.load(single))
+
+
+def test_length_options_on_ray_match_the_single_process_job(local_ray, tiny_export, shard_folder, tmp_path):
+    """--max-length and --chunk-tokens give the single-process vectors; truncated rows are listed in corpus order."""
+    single = tmp_path / "single.npy"
+    cut = embed_corpus(shard_folder, single, tiny_export, device="cpu", progress=False, max_length=24)
+    out = tmp_path / "cut"
+    summary = embed_corpus_ray(shard_folder, out, tiny_export, num_actors=2, rows_per_task=16, progress=False,
+                               max_length=24)
+    np.testing.assert_allclose(_concat(out), np.load(single), atol=1e-6)
+    assert summary.truncated == cut.truncated > 0 and summary.truncated_rows == cut.truncated_rows
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity"]["options"]["max_length"] == 24
+    assert sum(e["truncated"] for e in manifest["shards"]) == cut.truncated
+    with pytest.raises(OutputError, match="options.max_length: was 24, now 64"):
+        embed_corpus_ray(shard_folder, out, tiny_export, progress=False)
+    chunked = embed_corpus(shard_folder, tmp_path / "chunked.npy", tiny_export, device="cpu", progress=False,
+                           chunk_tokens=20, chunk_overlap=3)
+    summary = embed_corpus_ray(shard_folder, tmp_path / "windows", tiny_export, num_actors=2, rows_per_task=16,
+                               progress=False, chunk_tokens=20, chunk_overlap=3)
+    np.testing.assert_allclose(_concat(tmp_path / "windows"), np.load(tmp_path / "chunked.npy"), atol=1e-6)
+    assert summary.windows == chunked.windows > 2 * summary.windowed_rows > 0 and summary.truncated == 0
+    assert "split into windows of 20 text tokens (overlap 3)" in summary.format()
+    with pytest.raises(OptionError, match="max_length=65 is outside 1..64"):
+        embed_corpus_ray(shard_folder, tmp_path / "bad", tiny_export, max_length=65, address="ray://nowhere:1")
 
 
 def test_without_ray_the_cli_says_which_extra_to_install(tiny_export, shard_folder, tmp_path):
