@@ -265,6 +265,9 @@ def export_model(
             "encoder_model_type": encoder_type,
             "llm_model_type": llm_type,
             "lusifer_config_sha256": sha256_file(model_path / CONFIG_NAME),
+            # how the graph was built (the text-format choices are top-level manifest fields)
+            "connector_activation": None if config.is_llm_only else config.connector_activation,
+            "projection": config.projection_dim is not None,
             "exporter": EXPORTER,
             "trace_attn_implementation": TRACE_ATTN_IMPLEMENTATION,
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -86,7 +86,8 @@ def build_batches(model) -> list[ValidationBatch]:
         instruction = None if index % 3 == 0 else VALIDATION_INSTRUCTION
         texts = model.format([t for _, t in chunk], kind=kind, instruction=instruction)
         enc = model.tokenizer(
-            texts, padding=True, truncation=True, max_length=model.config.max_length, return_tensors="np"
+            texts, padding=True, truncation=True, max_length=model.config.max_length,
+            add_special_tokens=model.config.add_special_tokens, return_tensors="np",
         )
         batches.append(
             ValidationBatch(
@@ -132,7 +133,8 @@ def calibration_batches(model, batch_size: int = 8) -> list[tuple[np.ndarray, np
     for start in range(0, len(texts), batch_size):
         enc = model.tokenizer(
             texts[start : start + batch_size], padding=True, truncation=True,
-            max_length=model.config.max_length, return_tensors="np",
+            max_length=model.config.max_length, add_special_tokens=model.config.add_special_tokens,
+            return_tensors="np",
         )
         batches.append((enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)))
     return batches
