@@ -241,7 +241,7 @@ def export_model(
     check_tokenizer_file(source_tokenizer, tokenizer, config.max_length)
     if validation_device == "cuda":
         model.to("cuda")
-    reference = torch_reference(model, validation_device)
+    reference = torch_reference(model) if validation_device == "cpu" else torch_reference(model, "cuda")
     if validation_device == "cuda":
         model.to("cpu")  # trace on the CPU, as always; free the GPU for the ONNX Runtime validation
         require("torch").cuda.empty_cache()
