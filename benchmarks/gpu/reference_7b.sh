@@ -21,7 +21,11 @@
 #   bash /tmp/src/benchmarks/gpu/reference_7b.sh status        driver log tail, disk, memory, GPU; results to $OUT
 #   bash /tmp/src/benchmarks/gpu/reference_7b.sh collect [S]   wait up to S s (default 540) for the driver; results
 # Environment: DECODER_LAYERS (cut Mistral for a dry run; default the release's 32), ROWS (corpus rows, default all),
-# R7B (work folder, default /tmp/r7b). CPU dry run: R7B=/tmp/r7b-dry DECODER_LAYERS=1 ENCODER_LAYERS=2 \
+# R7B (work folder, default /tmp/r7b), EXPORT_LAYERS=N (the PyTorch rows at the full shape, then the imported folder
+# cut to its first N decoder layers is measured again, exported and compared: what a lease fits when the 32-layer
+# export does not; on an H100 the 8-layer export took 328 s and the 32-layer one is estimated at ~17 min).
+# Timings seen on an H100 (benchmarks/results/h100/reference_7b.md): checkpoint 32 s, import 39 s, PyTorch rows
+# ~65 s, 32-layer export > 6.5 min of tracing alone (estimated ~17 min in all): plan a lease of ~30 min for it. CPU dry run: R7B=/tmp/r7b-dry DECODER_LAYERS=1 ENCODER_LAYERS=2 \
 #   DEVICE=cpu bash benchmarks/gpu/reference_7b.sh run   (no CUDA: it stops after the import and a CPU export).
 set -uo pipefail
 R=${R7B:-/tmp/r7b}
@@ -58,12 +62,24 @@ run_driver() {
     for _ in $(seq 360); do [ -f "$R/ORT_READY" ] && break; sleep 5; done
     [ -f "$R/ORT_READY" ] || { echo "onnxruntime-gpu never arrived"; exit 5; }
   fi
+  local M=$R/model OUTR=$RES name=reference_7b
+  if [ -n "${EXPORT_LAYERS:-}" ]; then  # export (and compare) the first EXPORT_LAYERS decoder layers only
+    M=$R/model-dec$EXPORT_LAYERS; OUTR=$RES/dec$EXPORT_LAYERS; name=reference_7b_dec$EXPORT_LAYERS
+    rm -rf "$M"; cp -al "$R/model" "$M" && rm "$M/llm/config.json" && mkdir -p "$OUTR" || exit 8
+    $PY -c "import json,sys; c=json.load(open(sys.argv[1])); c['num_hidden_layers']=int(sys.argv[3]); json.dump(c, open(sys.argv[2],'w'), indent=2)" \
+      "$R/model/llm/config.json" "$M/llm/config.json" "$EXPORT_LAYERS" || exit 8
+    if [ "$dev" = cuda ]; then
+      step "pytorch rows, $EXPORT_LAYERS decoder layers"
+      $PY -m benchmarks.reference_7b torch --model "$M" --corpus "$R/corpus.parquet" --out-dir "$OUTR" \
+        > "$OUTR/torch.log" 2>&1 || { tail -20 "$OUTR/torch.log"; exit 4; }
+    fi
+  fi
   local vdev=cuda; [ "$dev" = cuda ] || vdev=cpu
   step "export fp16, validation on $vdev"; t0=$(date +%s)
-  $PY -c "from lusifer.export.cli import main; main()" "$R/model" --out "$R/export" --dtype fp16 \
-    --validation-device "$vdev" --overwrite > "$RES/export.log" 2>&1 || { tail -30 "$RES/export.log"; exit 6; }
+  $PY -c "from lusifer.export.cli import main; main()" "$M" --out "$R/export" --dtype fp16 \
+    --validation-device "$vdev" --overwrite > "$OUTR/export.log" 2>&1 || { tail -30 "$OUTR/export.log"; exit 6; }
   t1=$(date +%s)
-  $PY - "$R/export" "$((t1 - t0))" > "$RES/export.json" <<'EOF'
+  $PY - "$R/export" "$((t1 - t0))" > "$OUTR/export.json" <<'EOF2'
 import json, sys
 from pathlib import Path
 m = json.loads((Path(sys.argv[1]) / "manifest.json").read_text())
@@ -75,24 +91,28 @@ print(json.dumps({"seconds": int(sys.argv[2]), "files": files, "parity": {k: v["
                   "source": {k: m["source"].get(k) for k in ("validation_device", "fp16_fusions", "export_seconds",
                                                              "connector_activation", "projection")},
                   "prompt_style": m["prompt_style"], "truncation": m["truncation"]}, indent=2))
-EOF
-  grep -E "traced|saved|validat|fp16|graph weights" "$RES/export.log" | cut -c1-300 > "$RES/export_steps.log"
+EOF2
+  grep -E "traced|saved|validat|fp16|graph weights" "$OUTR/export.log" | grep -v "validate fp16:" | cut -c1-300 \
+    > "$OUTR/export_steps.log"
   df -h "$R" | tail -1
   [ "$dev" = cuda ] || { step "dry run done (no CUDA rows)"; return 0; }
   step "lusifer-embed"
-  $PY -m benchmarks.reference_7b embed --export "$R/export" --model "$R/model" --corpus "$R/corpus.parquet" \
-    --work-dir "$R" --out-dir "$RES" > "$RES/embed.log" 2>&1 || { tail -20 "$RES/embed.log"; exit 7; }
+  $PY -m benchmarks.reference_7b embed --export "$R/export" --model "$M" --corpus "$R/corpus.parquet" \
+    --work-dir "$R" --out-dir "$OUTR" > "$OUTR/embed.log" 2>&1 || { tail -20 "$OUTR/embed.log"; exit 7; }
   step "report"
-  $PY -m benchmarks.reference_7b report --out-dir "$RES" > /dev/null
+  $PY -m benchmarks.reference_7b report --out-dir "$OUTR" --name "$name" > /dev/null
   step "done"
 }
 
 bundle() {  # at most 8 files come back: the results and the driver log
   [ -n "${OUT:-}" ] || return 0
   cp "$R/driver.log" "$OUT/" 2>/dev/null
-  for f in reference_7b.md reference_7b.json torch_rows.json export.json export_steps.log import.json; do
+  for f in reference_7b.md reference_7b.json torch_rows.json export.json import.json; do
     [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"
   done
+  if [ -n "${EXPORT_LAYERS:-}" ] && [ -d "$RES/dec$EXPORT_LAYERS" ]; then
+    cp "$RES/dec$EXPORT_LAYERS"/reference_7b_dec*.md "$RES/dec$EXPORT_LAYERS"/reference_7b_dec*.json "$OUT/" 2>/dev/null
+  fi
   return 0
 }
 
