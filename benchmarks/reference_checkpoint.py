@@ -54,10 +54,10 @@ def reference_config() -> dict:
 
 def base_configs(encoder_layers: int | None = None, decoder_layers: int | None = None):
     """The shipped configs of the two bases the release names, cut to the given layer counts."""
-    from lusifer.train.reference_import import _known_base
+    from lusifer.train.reference_import import known_base
 
-    enc = _known_base(ENCODER_NAME, "encoder").config
-    llm = _known_base(LLM_NAME, "llm").config
+    enc = known_base(ENCODER_NAME, "encoder").config
+    llm = known_base(LLM_NAME, "llm").config
     if encoder_layers:
         enc.num_hidden_layers = encoder_layers
     if decoder_layers:
@@ -68,12 +68,12 @@ def base_configs(encoder_layers: int | None = None, decoder_layers: int | None =
 def write_bases(out: Path, encoder_layers: int | None, decoder_layers: int | None) -> None:
     """``out/encoder`` (config.json + the offline XLM-R tokenizer) and ``out/llm`` (config.json): the
     ``--encoder-dir`` / ``--llm-dir`` of a cut checkpoint, whose shapes the shipped configs do not describe."""
-    from lusifer.train.reference_import import Base, _save_encoder_tokenizer
+    from lusifer.train.reference_import import Base, save_encoder_tokenizer
 
     enc, llm = base_configs(encoder_layers, decoder_layers)
     enc.save_pretrained(out / "encoder")
     llm.save_pretrained(out / "llm")
-    _save_encoder_tokenizer(Base(enc, "cut", tokenizer_kind="xlm-roberta"), out / "encoder", 512, None)
+    save_encoder_tokenizer(Base(enc, "cut", tokenizer_kind="xlm-roberta"), out / "encoder", 512, None)
 
 
 def layout(encoder_layers: int | None = None, decoder_layers: int | None = None) -> dict[str, tuple[int, ...]]:

@@ -291,10 +291,10 @@ def test_import_reference_errors_name_the_problem(release, tmp_path):
 
 def test_known_bases_build_the_release_shapes():
     """The shipped configs of the two bases the release names give XLM-R-large and Mistral-7B-v0.3 shapes."""
-    from lusifer.train.reference_import import _expected_shapes, _known_base
+    from lusifer.train.reference_import import expected_shapes, known_base
 
-    enc = _expected_shapes(_known_base("Hieuman/xlm-aligned-for-mistral-v0.3", "encoder"), "encoder")
-    llm = _expected_shapes(_known_base("mistralai/Mistral-7B-Instruct-v0.3", "llm"), "llm")
+    enc = expected_shapes(known_base("Hieuman/xlm-aligned-for-mistral-v0.3", "encoder"), "encoder")
+    llm = expected_shapes(known_base("mistralai/Mistral-7B-Instruct-v0.3", "llm"), "llm")
     assert enc["embeddings.word_embeddings.weight"] == (250002, 1024)
     assert enc["encoder.layer.23.intermediate.dense.weight"] == (4096, 1024)
     assert llm["model.layers.31.self_attn.k_proj.weight"] == (1024, 4096)

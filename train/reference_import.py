@@ -167,7 +167,8 @@ def _local_base(folder: Path, role: str, need_tokenizer: bool) -> Base:
     return Base(config, f"local folder {folder}", folder if has_tokenizer else None)
 
 
-def _known_base(name: str, role: str) -> Base:
+def known_base(name: str, role: str) -> Base:
+    """The shipped config of a base the release names (``role``: ``"encoder"`` or ``"llm"``)."""
     transformers = require("transformers")
     bases = known_bases()
     flag = "--encoder-dir" if role == "encoder" else "--llm-dir"
@@ -189,8 +190,8 @@ def resolve_bases(ref: ReferenceConfig, encoder_dir, llm_dir) -> tuple[Base, Bas
     """The encoder and LLM architectures: local folders when given, else the shipped configs."""
     from lusifer.backbones import SUPPORTED_DECODERS, SUPPORTED_ENCODERS
 
-    encoder = _local_base(Path(encoder_dir), "encoder", True) if encoder_dir else _known_base(ref.encoder_name, "encoder")
-    llm = _local_base(Path(llm_dir), "llm", False) if llm_dir else _known_base(ref.llm_name, "llm")
+    encoder = _local_base(Path(encoder_dir), "encoder", True) if encoder_dir else known_base(ref.encoder_name, "encoder")
+    llm = _local_base(Path(llm_dir), "llm", False) if llm_dir else known_base(ref.llm_name, "llm")
     if encoder.config.model_type not in SUPPORTED_ENCODERS:
         raise ReferenceImportError(
             f"encoder model_type={encoder.config.model_type!r} ({encoder.source}); expected one of "
@@ -203,7 +204,7 @@ def resolve_bases(ref: ReferenceConfig, encoder_dir, llm_dir) -> tuple[Base, Bas
     return encoder, llm
 
 
-def _expected_shapes(base: Base, role: str) -> dict[str, tuple[int, ...]]:
+def expected_shapes(base: Base, role: str) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of the target model, built on the meta device (no memory)."""
     torch = require("torch")
     transformers = require("transformers")
@@ -370,8 +371,8 @@ def plan_import(weights: Path, ref: ReferenceConfig, encoder: Base, llm: Base, p
         dtypes = {k: f.get_slice(k).get_dtype() for k in keys}
     errors: list[str] = []
     dropped: list[str] = []
-    enc_expected = _expected_shapes(encoder, "encoder")
-    llm_expected = _expected_shapes(llm, "llm")
+    enc_expected = expected_shapes(encoder, "encoder")
+    llm_expected = expected_shapes(llm, "llm")
     enc_targets = _plan_backbone(
         _split(keys, ENCODER_PREFIX), enc_expected, ref.encoder_adapter, shapes, ref.lora_r, "encoder",
         ENCODER_PREFIX, ENCODER_UNUSED, errors, dropped,
@@ -461,7 +462,9 @@ def _save_config(config, folder: Path, dtype, architecture: str) -> None:
     config.save_pretrained(folder)
 
 
-def _save_encoder_tokenizer(base: Base, folder: Path, max_length: int, cache_dir) -> str:
+def save_encoder_tokenizer(base: Base, folder: Path, max_length: int, cache_dir) -> str:
+    """Save the encoder's tokenizer into ``folder``: from ``base.tokenizer_dir``, or the offline XLM-R tokenizer
+    for a known base. Returns where it came from."""
     transformers = require("transformers")
     if base.tokenizer_dir is not None:
         tok = transformers.AutoTokenizer.from_pretrained(base.tokenizer_dir)
@@ -584,7 +587,7 @@ def import_reference(
             own = {t.key: _merged(f, t, ref.lora_scale, out_dtype) for t in plan.own}
             bar.update(len(plan.own))
             save_file(own, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        tokenizer_source = _save_encoder_tokenizer(encoder, staging / ENCODER_DIR, REFERENCE_MAX_LENGTH, cache_dir)
+        tokenizer_source = save_encoder_tokenizer(encoder, staging / ENCODER_DIR, REFERENCE_MAX_LENGTH, cache_dir)
         llm_tokenizer = None
         if llm.tokenizer_dir is not None:
             transformers = require("transformers")
@@ -647,10 +650,14 @@ def _ckpt_error(path: Path) -> ReferenceImportError:
 
 
 __all__ = [
+    "Base",
     "ReferenceConfig",
     "ReferenceImportError",
+    "expected_shapes",
     "import_reference",
+    "known_base",
     "known_bases",
+    "save_encoder_tokenizer",
     "parse_reference_config",
     "plan_import",
 ]
