@@ -279,6 +279,9 @@ def test_import_reference_errors_name_the_problem(release, tmp_path):
     with pytest.raises(ReferenceImportError, match="pickled checkpoint"):
         import_reference(ckpt_dir, tmp_path / "o6", **bases)
 
+    with pytest.raises(ReferenceImportError, match="is a file; give the release folder"):
+        import_reference(release["src"] / "model.safetensors", tmp_path / "o8", **bases)
+
     unknown = tmp_path / "unknown-base"
     unknown.mkdir()
     (unknown / "model.safetensors").write_bytes((release["src"] / "model.safetensors").read_bytes())

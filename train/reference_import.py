@@ -541,6 +541,10 @@ def import_reference(
         raise ReferenceImportError(f"dtype={dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
     if src.is_file() and src.suffix == ".ckpt":
         raise _ckpt_error(src)
+    if src.is_file():
+        raise ReferenceImportError(
+            f"{str(src)!r} is a file; give the release folder (its {REFERENCE_CONFIG} and {REFERENCE_WEIGHTS})"
+        )
     if not src.is_dir():
         raise ReferenceImportError(f"release folder {str(src)!r} does not exist")
     weights = src / REFERENCE_WEIGHTS
