@@ -66,6 +66,29 @@ def check_options(
             raise ExportOptionError(str(exc)) from exc
 
 
+def _check_validation_device(validation_device: str, dtype: str, quantize: str | None) -> str:
+    """The ONNX Runtime provider that validates the graphs; checks that ``validation_device`` can be used."""
+    if validation_device == "cpu":
+        return "CPUExecutionProvider"
+    if validation_device != "cuda":
+        raise ExportOptionError(f"validation_device={validation_device!r}; expected 'cpu' or 'cuda'")
+    if dtype != "fp16" or quantize is not None:
+        raise ExportOptionError(
+            f"validation_device='cuda' validates an fp16 graph on the GPU; it needs dtype='fp16' and no INT8 graph "
+            f"(got dtype={dtype!r}, quantize={quantize!r})"
+        )
+    torch = require("torch", "export")
+    ort = require("onnxruntime", "export")
+    if not torch.cuda.is_available():
+        raise ExportOptionError("validation_device='cuda' but torch sees no CUDA device")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ExportOptionError(
+            "validation_device='cuda' but this onnxruntime has no CUDAExecutionProvider "
+            f"({ort.get_available_providers()}); install onnxruntime-gpu (pip install lusifer[gpu])"
+        )
+    return "CUDAExecutionProvider"
+
+
 def _parameter_budget(model) -> int:
     """Parameters the graph needs: everything but the LM head, and but the LLM's token-embedding table unless
     the model reads LLM tokens (``llm-only``: the graph looks its input ids up in that table)."""
@@ -110,6 +133,7 @@ def export_model(
     int8_outlier_share: float = DEFAULT_OUTLIER_SHARE,
     int8_required: bool = True,
     fp16_fusions: str = DEFAULT_FP16_FUSIONS,
+    validation_device: str = "cpu",
 ) -> ExportManifest:
     """Export a saved LusiferModel to a self-contained ONNX folder and validate every graph.
 
@@ -146,6 +170,11 @@ def export_model(
             (:mod:`lusifer.export.rotary_fusion`, :mod:`lusifer.export.attention_fusion`; slower on Hopper with
             ONNX Runtime 1.31, see :mod:`lusifer.export.fp16`); ``"none"`` keeps the traced ops, with RMSNorm
             statistics in fp32.
+        validation_device: ``"cpu"`` (default: PyTorch fp32 and every graph validated on the CPU) or ``"cuda"``
+            for models too large for that (the 7B LLM of the released LUSIFER): the PyTorch fp32 reference runs
+            on the GPU and the fp16 graph is validated against it with ONNX Runtime's CUDA provider; the
+            intermediate fp32 graph is then checked (interface, weights) but not run. Only with
+            ``dtype="fp16"`` and no INT8 graph.
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -166,6 +195,7 @@ def export_model(
         raise ExportOptionError(f"fp16_fusions={fp16_fusions!r} must be one of {', '.join(FP16_FUSIONS)}")
     for module in ("torch", "transformers", "onnx", "onnxruntime"):
         require(module, "export", purpose="export a LUSIFER model to ONNX")
+    provider = _check_validation_device(validation_device, dtype, quantize)
     model_path, architecture, encoder_type, llm_type, tokenizer_dir = check_model_dir(model_dir)
     target = check_out_dir(out_dir, model_path, overwrite)
     if quantize == "int8" and dtype == "fp16":
@@ -209,7 +239,12 @@ def export_model(
         )
     source_tokenizer = model_path / tokenizer_dir / TOKENIZER_FILE
     check_tokenizer_file(source_tokenizer, tokenizer, config.max_length)
-    reference = torch_reference(model)
+    if validation_device == "cuda":
+        model.to("cuda")
+    reference = torch_reference(model) if validation_device == "cpu" else torch_reference(model, "cuda")
+    if validation_device == "cuda":
+        model.to("cpu")  # trace on the CPU, as always; free the GPU for the ONNX Runtime validation
+        require("torch").cuda.empty_cache()
     calibration = calibration_batches(model) if quantize == "int8" else []
     budget = _parameter_budget(model)
     llm_vocab = int(model.llm.get_input_embeddings().weight.shape[0])
@@ -220,16 +255,23 @@ def export_model(
     staging = make_staging(target)
     try:
         work = staging / ".work"
-        fp32_path = (staging if dtype == "fp32" else work) / VARIANT_FILES["fp32"]
+        traced = work / "trace" / "model.onnx"
         with export_mode(model) as graph:
-            trace_to_onnx(graph, trace_inputs(model), work / "trace" / "model.onnx", opset)
+            trace_to_onnx(graph, trace_inputs(model), traced, opset)
         del graph, model
         gc.collect()  # the ONNX steps below need the memory the torch weights held
-        fp32_files = resave(work / "trace" / "model.onnx", fp32_path)
-        remove_tree(work / "trace")
+        if dtype == "fp32":
+            fp32_path = staging / VARIANT_FILES["fp32"]
+            fp32_files = resave(traced, fp32_path)
+            remove_tree(work / "trace")
+        else:  # the fp32 graph is only a step: read the trace as it is (no second fp32 copy on disk)
+            fp32_path, fp32_files = traced, []
         check_interface(fp32_path, config.embedding_dim)
         check_weights(fp32_path, budget, llm_vocab, llm_hidden, token_table_needed=config.is_llm_only)
-        fp32_parity = validate_graph("fp32", fp32_path, reference, MIN_COSINE["fp32"])
+        if validation_device == "cpu":
+            fp32_parity = validate_graph("fp32", fp32_path, reference, MIN_COSINE["fp32"])
+        else:
+            logger.info("validation on cuda: the intermediate fp32 graph is not run; the fp16 graph is validated")
 
         variants = {}
         if dtype == "fp32":
@@ -237,8 +279,10 @@ def export_model(
         else:
             fp16_path = staging / VARIANT_FILES["fp16"]
             fp16_files = convert_to_fp16(fp32_path, fp16_path, fuse=fp16_fusions, rotary_positions=rotary_positions)
+            if validation_device == "cuda":
+                remove_tree(work / "trace")  # before ONNX Runtime loads the fp16 graph: disk and memory
             check_interface(fp16_path, config.embedding_dim)
-            parity = validate_graph("fp16", fp16_path, reference, MIN_COSINE["fp16"])
+            parity = validate_graph("fp16", fp16_path, reference, MIN_COSINE["fp16"], provider)
             variants["fp16"] = variant_info(staging, fp16_path.name, fp16_files, "fp16", None, parity)
         if quantize == "int8":
             int8_path = staging / VARIANT_FILES["int8"]
@@ -265,6 +309,9 @@ def export_model(
             "encoder_model_type": encoder_type,
             "llm_model_type": llm_type,
             "lusifer_config_sha256": sha256_file(model_path / CONFIG_NAME),
+            # how the graph was built (the text-format choices are top-level manifest fields)
+            "connector_activation": None if config.is_llm_only else config.connector_activation,
+            "projection": config.projection_dim is not None,
             "exporter": EXPORTER,
             "trace_attn_implementation": TRACE_ATTN_IMPLEMENTATION,
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -272,6 +319,7 @@ def export_model(
         }
         if dtype == "fp16":
             source["fp16_fusions"] = fp16_fusions
+        source["validation_device"] = validation_device
         if quantize == "int8":
             source["int8_quantization"] = int8_summary
         manifest = build_manifest(config, tokenizer.pad_token_id, staging, variants, opset, source)

@@ -53,6 +53,11 @@ from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, DEFAULT_OPSET, FP16_FUS
          "attention); none = the traced ops.",
 )
 @click.option("--no-fp16-fusions", is_flag=True, help="Same as --fp16-fusions none.")
+@click.option(
+    "--validation-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+    help="Where the graphs are checked against PyTorch fp32: cuda (with --dtype fp16) for models too large for "
+         "the CPU, such as the released 7B LUSIFER (PyTorch fp32 and ONNX Runtime's CUDA provider on the GPU).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(
     model_dir: str,
@@ -69,6 +74,7 @@ def main(
     int8_optional: bool,
     fp16_fusions: str,
     no_fp16_fusions: bool,
+    validation_device: str,
     quiet: bool,
 ) -> None:
     """Export a LUSIFER model folder to a self-contained, validated ONNX folder.
@@ -100,6 +106,7 @@ def main(
             int8_outlier_share=int8_outlier_share,
             int8_required=not int8_optional,
             fp16_fusions="none" if no_fp16_fusions else fp16_fusions,
+            validation_device=validation_device,
         )
     except (ExportError, MissingExtraError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

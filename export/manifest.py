@@ -58,6 +58,8 @@ def build_manifest(
         default_query_instruction=config.default_query_instruction,
         default_document_instruction=config.default_document_instruction,
         normalize=bool(config.normalize),
+        prompt_style=config.prompt_style,
+        truncation=config.truncation,
         tokenizer_file=TOKENIZER_NAME,
         tokenizer_sha256=sha256_file(folder / TOKENIZER_NAME),
         opset=int(opset),

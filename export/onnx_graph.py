@@ -93,7 +93,12 @@ def load_small_external_tensors(model, base_dir: str | Path, limit: int = SMALL_
     for init in model.graph.initializer:
         if not uses_external_data(init):
             continue
-        length = int({e.key: e.value for e in init.external_data}.get("length", limit + 1))
+        info = {e.key: e.value for e in init.external_data}
+        if "length" in info:
+            length = int(info["length"])
+        else:  # torch's exporter writes one file per large tensor, with no length: the file's size is the length
+            file = Path(base_dir) / info.get("location", "")
+            length = file.stat().st_size - int(info.get("offset", 0)) if file.is_file() else limit + 1
         if length <= limit:
             load_external_data_for_tensor(init, str(base_dir))
             init.data_location = TensorProto.DEFAULT

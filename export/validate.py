@@ -87,7 +87,8 @@ def build_batches(model) -> list[ValidationBatch]:
         instruction = None if index % 3 == 0 else VALIDATION_INSTRUCTION
         texts = model.format([t for _, t in chunk], kind=kind, instruction=instruction)
         enc = model.tokenizer(
-            texts, padding=True, truncation=True, max_length=model.config.max_length, return_tensors="np"
+            texts, padding=True, truncation=True, max_length=model.config.max_length,
+            add_special_tokens=model.config.add_special_tokens, return_tensors="np",
         )
         batches.append(
             ValidationBatch(
@@ -133,14 +134,16 @@ def calibration_batches(model, batch_size: int = 8) -> list[tuple[np.ndarray, np
     for start in range(0, len(texts), batch_size):
         enc = model.tokenizer(
             texts[start : start + batch_size], padding=True, truncation=True,
-            max_length=model.config.max_length, return_tensors="np",
+            max_length=model.config.max_length, add_special_tokens=model.config.add_special_tokens,
+            return_tensors="np",
         )
         batches.append((enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)))
     return batches
 
 
-def torch_reference(model) -> Reference:
-    """PyTorch fp32 embeddings of the validation batches, bidirectional and causal (control)."""
+def torch_reference(model, device: str = "cpu") -> Reference:
+    """PyTorch fp32 embeddings of the validation batches, bidirectional and causal (control), computed on
+    ``device`` (``"cpu"``, or ``"cuda"`` for models too large to run on the CPU in reasonable time)."""
     torch = require("torch", "export")
     from lusifer.backbones import set_attention_causal
 
@@ -153,8 +156,8 @@ def torch_reference(model) -> Reference:
             for causal in (False, True):
                 set_attention_causal(model.llm, causal)
                 for batch in batches:
-                    emb = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-                    outputs[causal].append(emb.float().numpy())
+                    emb = model(torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device))
+                    outputs[causal].append(emb.float().cpu().numpy())
     finally:
         set_attention_causal(model.llm, was_causal)
     pad = model.tokenizer.pad_token_id
@@ -167,22 +170,26 @@ def torch_reference(model) -> Reference:
     )
 
 
-def ort_session(path: Path):
-    """A CPU ONNX Runtime session with the default (full) graph optimisations, as the runtime uses."""
+def ort_session(path: Path, provider: str = ORT_PROVIDER):
+    """An ONNX Runtime session (CPU unless ``provider`` names another) with the default (full) graph
+    optimisations, as the runtime uses."""
     ort = require("onnxruntime", "export")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     # validation runs between torch work on shared CPUs: idle ORT threads should sleep, not spin
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=[ORT_PROVIDER])
+    session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+    if session.get_providers()[0] != provider:
+        raise ExportError(f"ONNX Runtime could not run {path.name} on {provider} (got {session.get_providers()})")
+    return session
 
 
-def ort_embeddings(path: Path, reference: Reference, desc: str = "validate") -> np.ndarray:
-    """Run the graph at ``path`` on the validation batches with CPU ONNX Runtime."""
+def ort_embeddings(path: Path, reference: Reference, desc: str = "validate", provider: str = ORT_PROVIDER) -> np.ndarray:
+    """Run the graph at ``path`` on the validation batches with ONNX Runtime (CPU by default)."""
     from tqdm.auto import tqdm
 
-    session = ort_session(path)
+    session = ort_session(path, provider)
     out = []
     for batch in tqdm(reference.batches, desc=desc, unit="batch", leave=False):
         ids, mask = batch.for_onnx(reference.pad_token_id)
@@ -193,7 +200,7 @@ def ort_embeddings(path: Path, reference: Reference, desc: str = "validate") -> 
     return np.concatenate(out)
 
 
-def parity_figures(candidate: np.ndarray, reference: Reference) -> dict[str, Any]:
+def parity_figures(candidate: np.ndarray, reference: Reference, provider: str = ORT_PROVIDER) -> dict[str, Any]:
     """Cosine and absolute-difference figures of ``candidate`` vs the PyTorch reference, overall and per language."""
     cos = row_cosines(candidate, reference.embeddings)
     diff = np.abs(candidate.astype(np.float64) - reference.embeddings.astype(np.float64)).max(axis=1)
@@ -215,12 +222,14 @@ def parity_figures(candidate: np.ndarray, reference: Reference) -> dict[str, Any
         "padding_sides": sorted({b.padding_side for b in reference.batches}),
         "min_cosine_to_causal_control": float(causal.min()),
         "causal_control_min_cosine": reference.causal_min_cosine,
-        "provider": ORT_PROVIDER,
+        "provider": provider,
         "reference": "PyTorch fp32, bidirectional",
     }
 
 
-def validate_graph(variant: str, path: Path, reference: Reference, tolerance: float) -> dict[str, Any]:
+def validate_graph(
+    variant: str, path: Path, reference: Reference, tolerance: float, provider: str = ORT_PROVIDER
+) -> dict[str, Any]:
     """Validate one graph; return its parity figures or raise :class:`ExportParityError`.
 
     Args:
@@ -228,10 +237,11 @@ def validate_graph(variant: str, path: Path, reference: Reference, tolerance: fl
         path: The graph file.
         reference: PyTorch embeddings of the validation batches.
         tolerance: The lowest acceptable cosine to PyTorch fp32.
+        provider: The ONNX Runtime execution provider that runs the graph (CPU by default).
     """
     started = time.perf_counter()
-    candidate = ort_embeddings(path, reference, desc=f"validate {variant}")
-    figures = parity_figures(candidate, reference)
+    candidate = ort_embeddings(path, reference, desc=f"validate {variant}", provider=provider)
+    figures = parity_figures(candidate, reference, provider)
     figures["tolerance_min_cosine"] = float(tolerance)
     # parity at the tolerance while the causal control is outside it: the graph attends bidirectionally
     figures["bidirectional_verified"] = bool(

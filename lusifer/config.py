@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from lusifer.onnx_interface import PROMPT_STYLES, TRUNCATIONS
 from lusifer.prompts import DEFAULT_DOCUMENT_TEMPLATE, DEFAULT_QUERY_TEMPLATE
 
 POOLINGS = ("mean",)
@@ -17,7 +18,13 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 ARCHITECTURES = ("lusifer", "llm-only")
 LLM_ONLY = "llm-only"
 # connector fields: only "lusifer" has a connector, so "llm-only" needs them at their defaults
-_CONNECTOR_DEFAULTS = {"connector_hidden": None, "num_learnable_tokens": 0, "encoder_hidden": None}
+_CONNECTOR_DEFAULTS = {
+    "connector_hidden": None, "num_learnable_tokens": 0, "encoder_hidden": None, "connector_activation": "gelu",
+}
+CONNECTOR_ACTIVATIONS = ("gelu", "relu")
+# truncation (TRUNCATIONS): "keep-specials": the tokenizer adds its special tokens around the text after cutting
+# it to max_length (the closing </s> always stays); "cut-specials": the templates write the special tokens as
+# text, tokenised without added specials, so a text longer than max_length loses its closing </s> (the reference)
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> None:
@@ -57,7 +64,16 @@ class LusiferConfig:
         architecture: ``"lusifer"`` (encoder -> connector -> LLM) or ``"llm-only"`` (the LLM alone reads its
             own tokenizer's tokens, bidirectionally, mean pooled: the English-centric embedder baseline).
             ``"llm-only"`` has no encoder and no connector: ``encoder_path`` must be empty and the connector
-            fields (``connector_hidden``, ``num_learnable_tokens``) must keep their defaults.
+            fields (``connector_hidden``, ``num_learnable_tokens``, ``connector_activation``) must keep their
+            defaults.
+        connector_activation: Activation between the connector's two linear layers, ``"gelu"`` (this
+            project's models) or ``"relu"`` (the released LUSIFER).
+        prompt_style: ``"lusifer"`` (the template is applied only with a non-empty instruction, whose trailing
+            dot is stripped) or ``"reference"`` (the template is always applied and the instruction kept
+            verbatim, as the reference code does).
+        truncation: ``"keep-specials"`` (the tokenizer adds its special tokens after cutting the text at
+            ``max_length``) or ``"cut-specials"`` (the templates write the special tokens as text and texts are
+            tokenised without added specials, so a cut text loses its closing ``</s>``, as in the reference).
     """
 
     encoder_path: str = ""
@@ -77,7 +93,10 @@ class LusiferConfig:
     encoder_hidden: int | None = None
     llm_hidden: int | None = None
     extra: dict = field(default_factory=dict)
-    architecture: str = "lusifer"  # last, so positional construction keeps its meaning
+    architecture: str = "lusifer"  # after the older fields, so positional construction keeps its meaning
+    connector_activation: str = "gelu"
+    prompt_style: str = "lusifer"
+    truncation: str = "keep-specials"
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -111,6 +130,19 @@ class LusiferConfig:
                 template.format(instruction="i", text="t")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"{name}={template!r} has fields other than {{instruction}} and {{text}}") from exc
+        if self.connector_activation not in CONNECTOR_ACTIVATIONS:
+            raise ValueError(
+                f"connector_activation={self.connector_activation!r} is not supported; "
+                f"expected one of {', '.join(CONNECTOR_ACTIVATIONS)}"
+            )
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(
+                f"prompt_style={self.prompt_style!r} is not supported; expected one of {', '.join(PROMPT_STYLES)}"
+            )
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(
+                f"truncation={self.truncation!r} is not supported; expected one of {', '.join(TRUNCATIONS)}"
+            )
         if not isinstance(self.normalize, bool):
             raise ValueError(f"normalize={self.normalize!r} must be true or false")
         if not isinstance(self.extra, dict):
@@ -142,6 +174,11 @@ class LusiferConfig:
     def embedding_dim(self) -> int | None:
         """Size of the output embedding, once the LLM hidden size is known."""
         return self.projection_dim if self.projection_dim is not None else self.llm_hidden
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """Whether the tokenizer adds its special tokens (``False`` when the templates write them as text)."""
+        return self.truncation == "keep-specials"
 
     def instruction_for(self, kind: str, instruction: str | None) -> str:
         """The instruction to use for ``kind`` when the caller passed ``instruction`` (maybe None)."""

@@ -14,11 +14,21 @@ class Connector(nn.Module):
         hidden: MLP hidden width.
         llm_hidden: LLM hidden size H.
         num_learnable_tokens: N learnable vectors appended after the mapped sequence (N may be 0).
+        activation: ``"gelu"`` (this project) or ``"relu"`` (the released LUSIFER's ``ff`` connector).
     """
 
-    def __init__(self, encoder_hidden: int, hidden: int, llm_hidden: int, num_learnable_tokens: int = 0):
+    ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+    def __init__(
+        self, encoder_hidden: int, hidden: int, llm_hidden: int, num_learnable_tokens: int = 0,
+        activation: str = "gelu",
+    ):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(encoder_hidden, hidden), nn.GELU(), nn.Linear(hidden, llm_hidden))
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is not supported; expected one of {', '.join(self.ACTIVATIONS)}")
+        self.mlp = nn.Sequential(
+            nn.Linear(encoder_hidden, hidden), self.ACTIVATIONS[activation](), nn.Linear(hidden, llm_hidden)
+        )
         self.num_learnable_tokens = num_learnable_tokens
         if num_learnable_tokens > 0:
             self.learnable_tokens = nn.Parameter(torch.randn(num_learnable_tokens, llm_hidden) * 0.02)

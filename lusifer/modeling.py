@@ -97,6 +97,7 @@ class LusiferModel(nn.Module):
                 config.connector_hidden or config.llm_hidden,
                 config.llm_hidden,
                 config.num_learnable_tokens,
+                config.connector_activation,
             )
         if config.projection_dim is not None:
             self.projection = Projection(
@@ -289,6 +290,7 @@ class LusiferModel(nn.Module):
             self.config.instruction_for(kind, instruction),
             self.config.query_template,
             self.config.document_template,
+            self.config.prompt_style,
         )
 
     def tokenize(self, texts: Sequence[str], kind: str = "query", instruction: str | None = None) -> dict:
@@ -298,6 +300,7 @@ class LusiferModel(nn.Module):
             padding=True,
             truncation=True,
             max_length=self.config.max_length,
+            add_special_tokens=self.config.add_special_tokens,
             return_tensors="pt",
         )
 

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# text-format choices (as ``LusiferConfig.prompt_style`` / ``LusiferConfig.truncation``)
+PROMPT_STYLES: tuple[str, ...] = ("lusifer", "reference")
+TRUNCATIONS: tuple[str, ...] = ("keep-specials", "cut-specials")
+
 # ---- graph interface --------------------------------------------------------------------------------
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask")
 OUTPUT_NAMES: tuple[str, ...] = ("embedding",)
@@ -81,6 +85,8 @@ class ExportManifest:
     default_query_instruction: str = ""
     default_document_instruction: str = ""
     normalize: bool = True
+    prompt_style: str = "lusifer"
+    truncation: str = "keep-specials"
     tokenizer_file: str = TOKENIZER_NAME
     tokenizer_sha256: str = ""
     input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
@@ -100,6 +106,12 @@ class ExportManifest:
         self.variants = {
             k: (v if isinstance(v, VariantInfo) else VariantInfo(**v)) for k, v in self.variants.items()
         }
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ManifestError(
+                f"manifest prompt_style={self.prompt_style!r}; expected one of {', '.join(PROMPT_STYLES)}"
+            )
+        if self.truncation not in TRUNCATIONS:
+            raise ManifestError(f"manifest truncation={self.truncation!r}; expected one of {', '.join(TRUNCATIONS)}")
         if list(self.input_names) != list(INPUT_NAMES) or list(self.output_names) != list(OUTPUT_NAMES):
             raise ManifestError(
                 f"manifest names inputs {self.input_names} / outputs {self.output_names}; "
@@ -110,6 +122,11 @@ class ExportManifest:
                 f"manifest format_version={self.format_version} is newer than this lusifer supports "
                 f"({MANIFEST_FORMAT_VERSION}); upgrade lusifer"
             )
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """Whether the tokenizer adds its special tokens (``False`` when the templates write them as text)."""
+        return self.truncation == "keep-specials"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -76,7 +76,8 @@ class TextTokenizer:
     """Formats texts with the export's prompt templates and tokenises them like ``LusiferModel.tokenize``.
 
     Truncation is at ``max_length`` (special tokens included, right side; default ``manifest.max_length``);
-    special tokens come from the tokenizer's post-processor. No padding here: batches are padded by
+    special tokens come from the tokenizer's post-processor, or, with ``manifest.truncation == "cut-specials"``,
+    from the templates (tokenised as text and cut with it). No padding here: batches are padded by
     :mod:`lusifer.runtime.batching`.
 
     Args:
@@ -112,12 +113,15 @@ class TextTokenizer:
         """Apply the prompt template of ``kind`` (as ``LusiferModel.format``)."""
         m = self.manifest
         return format_texts(
-            texts, kind, self.resolve_instruction(kind, instruction), m.query_template, m.document_template
+            texts, kind, self.resolve_instruction(kind, instruction), m.query_template, m.document_template,
+            m.prompt_style,
         )
 
     def encode(self, texts: Sequence[str], kind: str, instruction: str | None) -> TokenizedTexts:
         """Format and tokenise texts in one ``encode_batch`` call (parallel in Rust, GIL released)."""
-        encodings = self.tokenizer.encode_batch(self.format(texts, kind, instruction), add_special_tokens=True)
+        encodings = self.tokenizer.encode_batch(
+            self.format(texts, kind, instruction), add_special_tokens=self.manifest.add_special_tokens
+        )
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])

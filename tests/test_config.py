@@ -27,6 +27,9 @@ def test_json_round_trip(tmp_path):
         ("document_template", "{instruction} {text} {other}"),
         ("normalize", "yes"),
         ("encoder_path", None),
+        ("connector_activation", "swish"),
+        ("prompt_style", "e5"),
+        ("truncation", "left"),
     ],
 )
 def test_bad_value_names_the_field(field, value):

@@ -109,6 +109,9 @@ def test_existing_output_needs_overwrite_and_must_be_an_export(tiny_model_dir, t
         ({"int8_weight_type": "int4"}, "weight_type='int4'"),
         ({"int8_embeddings": "yes"}, "embeddings='yes'"),
         ({"int8_required": "no"}, "int8_required='no'"),
+        ({"validation_device": "tpu"}, "validation_device='tpu'"),
+        ({"validation_device": "cuda"}, "needs dtype='fp16'"),
+        ({"validation_device": "cuda", "dtype": "fp16", "quantize": "int8"}, "no INT8 graph"),
     ],
 )
 def test_invalid_options(tiny_model_dir, tmp_path, kwargs, match):

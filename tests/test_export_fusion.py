@@ -192,3 +192,25 @@ def test_a_failing_fusion_pass_names_the_way_out(tmp_path, monkeypatch):
         convert_to_fp16(tmp_path / "g.onnx", tmp_path / "g16.onnx")
     assert not (tmp_path / "g16.onnx").exists()
     convert_to_fp16(tmp_path / "g.onnx", tmp_path / "g16.onnx", fuse="none")  # the way out works
+
+
+def test_small_external_tensors_without_length_load(tmp_path):
+    """torch's exporter writes each large-graph tensor to its own file with no ``length``: the fusion passes still
+    get the small ones (a 7B trace is read as it is, without a consolidated fp32 copy)."""
+    import onnx
+
+    from lusifer.export.onnx_graph import load_small_external_tensors
+
+    bias = numpy_helper.from_array(np.arange(64, dtype=np.float32), "bias")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "bias"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])], [bias])
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0)
+    model = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    init = model.graph.initializer[0]
+    kept = [e for e in init.external_data if e.key == "location"]
+    del init.external_data[:]
+    init.external_data.extend(kept)  # as torch writes it: a location, no length
+    assert load_small_external_tensors(model, tmp_path) == 1
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), np.arange(64, dtype=np.float32))

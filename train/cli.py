@@ -155,6 +155,33 @@ def merge(model_dir: str, out: str, device: str, no_verify: bool, verbose: bool)
                f"(min cosine merged vs unmerged: {cosine})")
 
 
+@main.command("import-reference")
+@click.argument("src_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--encoder-dir", default=None, type=click.Path(file_okay=False),
+              help="Local folder (config.json + tokenizer.json) of the encoder, when the release names an unknown one.")
+@click.option("--llm-dir", default=None, type=click.Path(file_okay=False),
+              help="Local folder (config.json, tokenizer optional) of the LLM, when the release names an unknown one.")
+@click.option("--projection/--no-projection", default=True, show_default=True,
+              help="Apply the release's output projection to the pooled vector.")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="Storage dtype (auto: the checkpoint's, bf16 for the release); LoRA is merged in fp32.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def import_reference_command(src_dir, out, encoder_dir, llm_dir, projection, dtype, overwrite, verbose) -> None:
+    """Import the authors' released LUSIFER (SRC_DIR: its config.json + model.safetensors) as a model folder
+    that lusifer-export and LusiferModel.from_pretrained read."""
+    _setup_logging(verbose)
+    from lusifer.train.reference_import import ReferenceImportError, import_reference
+
+    try:
+        path = import_reference(src_dir, out, encoder_dir=encoder_dir, llm_dir=llm_dir, projection=projection,
+                                dtype=dtype, overwrite=overwrite)
+    except (ReferenceImportError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"imported {src_dir} into {path}")
+
+
 @main.command("show-config")
 @click.argument("stage", type=click.Choice(sorted(CONFIG_CLASSES)))
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),

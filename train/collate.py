@@ -23,7 +23,7 @@ def example_rng(seed: int, epoch: int, index: int) -> random.Random:
 
 def _format(config: LusiferConfig, kind: str, text: str, instruction: str | None) -> str:
     template = config.query_template if kind == "query" else config.document_template
-    return format_text(text, template, config.instruction_for(kind, instruction))
+    return format_text(text, template, config.instruction_for(kind, instruction), config.prompt_style)
 
 
 def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,4 +152,7 @@ class Stage2Collator:
         }
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        return self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=True,
+            add_special_tokens=self.model_config.add_special_tokens, return_tensors="pt",
+        )
