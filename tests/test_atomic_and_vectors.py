@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("lusifer", "runtime", "export", "train", "benchmarks")
 # where a folder is made whole by renaming a staging folder into place (atomic.py covers single files)
 FOLDER_SWAPS = {"export/folders.py", "train/prepare_data.py", "train/lusifer_small.py", "train/checkpoint.py",
-                "lusifer/convert/gguf_llm.py", "lusifer/convert/e5s1.py", "lusifer/modeling.py"}
+                "lusifer/convert/gguf_llm.py", "lusifer/convert/e5s1.py", "lusifer/modeling.py",
+                "train/reference_import.py"}
 
 
 def _code_files():
