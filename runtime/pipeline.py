@@ -102,8 +102,13 @@ def _write(writer: VectorWriter, in_q: queue.Queue, failure: list) -> None:
 
 
 def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
-                 normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool) -> dict:
-    """Run reader, inference (this thread) and writer until every row is committed; returns run counters."""
+                 normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool,
+                 encode=None) -> dict:
+    """Run reader, inference (this thread) and writer until every row is committed; returns run counters.
+
+    ``encode`` (optional) turns a float32 block into ``(stored block, sidecar record or None)``, e.g.
+    :meth:`lusifer.runtime.compact.Quantizer.encode`; without it blocks are cast to ``dtype``.
+    """
     from tqdm.auto import tqdm
 
     stop = threading.Event()
@@ -170,7 +175,7 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
                 block = emb
             if normalize:
                 block = l2_normalize(block)
-            block = block.astype(dtype, copy=False)
+            block, record = (block.astype(dtype, copy=False), None) if encode is None else encode(block)
             elapsed = time.perf_counter() - t0
             stats = {
                 "tokens": counters["tokens"] - tokens_before,
@@ -186,7 +191,7 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
                 "tokens_per_s": round(counters["tokens"] / elapsed, 1) if elapsed else 0.0,
             }
             t_handoff = time.perf_counter()
-            handed = _put(blocks_q, (item.start, block, stats, run_update), stop)
+            handed = _put(blocks_q, (item.start, block, stats, run_update, record), stop)
             timing["handoff_s"] += time.perf_counter() - t_handoff
             if not handed:
                 break
