@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lusifer.prompts import check_kind
+from lusifer.runtime.compact import check_dtype, storage_width
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
 from lusifer.runtime.embedder import DEFAULT_MAX_BATCH_ROWS, DEFAULT_TOKEN_BUDGET, DEFAULT_WINDOW_ROWS, Embedder
@@ -20,7 +21,6 @@ from lusifer.runtime.errors import OutputError
 from lusifer.runtime.outputs import output_finisher, prepare_ids, quantizer_for, sidecar_encoder
 from lusifer.runtime.pipeline import run_pipeline
 from lusifer.runtime.session import resolve_device
-from lusifer.runtime.compact import check_dtype, storage_width
 from lusifer.runtime.writer import VectorWriter, check_output
 
 logger = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from lusifer.runtime.compact import quantize
 from lusifer.runtime.corpus import open_parquet
 from lusifer.runtime.embedder import Embedder, l2_normalize
 from lusifer.runtime.errors import CorpusError, ExportFolderError
@@ -135,4 +136,4 @@ class EmbedActor:
             block = emb
         if o["normalize"]:
             block = l2_normalize(block)
-        return block.astype(o["dtype"], copy=False)
+        return quantize(block, o["dtype"], o.get("ranges"))

@@ -1,9 +1,13 @@
-"""Output folder of a Ray job: one ``<shard-stem>.npy`` per input shard plus ``manifest.json``.
+"""Output folder of a Ray job: one ``<shard-stem>.npy`` (or ``.parquet``) per input shard plus ``manifest.json``.
 
 Each shard's vectors are filled into ``.<name>.npy.partial`` (a memory-mapped ``.npy``) as results arrive,
 flushed, and renamed to ``<name>.npy`` once every row is present; only then does the manifest (replaced
 atomically) mark the shard ``complete``. A rerun skips shards that are complete, present and of the right row
 count, and redoes the others from their first row.
+
+With an id column a ``.npy`` shard gets ``<shard-stem>.npy.ids.parquet`` beside it; a parquet shard is
+converted from its staging ``.npy`` when complete (ids in its ``id`` column). The calibration of the
+``int8`` / ``uint8`` dtypes is kept in the manifest's ``quantization`` across reruns.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lusifer.runtime.compact import storage_dtype, storage_width
 from lusifer.runtime.corpus import Shard
 from lusifer.runtime.errors import OutputError
-from lusifer.runtime.writer import _fsync_dir, identity_differences, write_json_atomic
+from lusifer.runtime.parquet_writer import is_complete_parquet
+from lusifer.runtime.writer import _fsync_dir, identity_differences, ids_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +34,17 @@ MANIFEST_FORMAT = "lusifer-embed-ray/1"
 SHARD_PENDING, SHARD_RUNNING, SHARD_COMPLETE = "pending", "in_progress", "complete"
 
 
-def output_names(shards: list[Shard]) -> list[str]:
-    """Output file name per shard: ``<stem>.npy``; when stems clash, the path below the common folder.
+def output_names(shards: list[Shard], suffix: str = ".npy") -> list[str]:
+    """Output file name per shard: ``<stem><suffix>``; when stems clash, the path below the common folder.
 
     ``a/part-0.parquet`` and ``b/part-0.parquet`` become ``a__part-0.npy`` and ``b__part-0.npy``.
     """
     stems = [s.path.stem for s in shards]
     if len(set(stems)) == len(stems):
-        return [f"{stem}.npy" for stem in stems]
+        return [f"{stem}{suffix}" for stem in stems]
     paths = [s.path.resolve() for s in shards]
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    names = ["__".join(p.relative_to(root).with_suffix("").parts) + ".npy" for p in paths]
+    names = ["__".join(p.relative_to(root).with_suffix("").parts) + suffix for p in paths]
     clash = [n for n, c in Counter(names).items() if c > 1]
     if clash:
         raise OutputError(f"shards map to the same output file(s) {clash}; rename the parquet files")
@@ -58,15 +64,21 @@ def read_manifest(out_dir: Path) -> dict | None:
     return data
 
 
-def _complete_on_disk(out_dir: Path, entry: dict, rows: int, dim: int, dtype: str) -> bool:
+def _complete_on_disk(out_dir: Path, entry: dict, rows: int, identity: dict) -> bool:
     path = out_dir / entry["output"]
     if entry.get("status") != SHARD_COMPLETE or not path.is_file():
+        return False
+    dtype = identity["dtype"]
+    width = storage_width(dtype, identity["dim"])
+    if path.suffix == ".parquet":
+        return is_complete_parquet(path, rows, width, dtype)
+    if identity.get("ids") and not ids_path(path).is_file():
         return False
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError):
         return False
-    return arr.shape == (rows, dim) and arr.dtype == np.dtype(dtype)
+    return arr.shape == (rows, width) and arr.dtype == storage_dtype(dtype)
 
 
 class ShardOutputs:
@@ -80,9 +92,12 @@ class ShardOutputs:
         self.out_dir = out_dir
         self.manifest = manifest
         self.todo = todo
-        self.dim = manifest["identity"]["dim"]
-        self.dtype = np.dtype(manifest["identity"]["dtype"])
+        identity = manifest["identity"]
+        self.dim = storage_width(identity["dtype"], identity["dim"])  # stored values per row
+        self.dtype = storage_dtype(identity["dtype"])
         self._open: dict[int, tuple[np.memmap, np.ndarray]] = {}
+        # finish(i, staging, dest): puts shard i's complete staging .npy in place (see lusifer.runtime.outputs)
+        self.finish_shard = None
 
     @classmethod
     def open(cls, out_dir: str | os.PathLike, identity: dict, shards: list[Shard], overwrite: bool,
@@ -103,7 +118,7 @@ class ShardOutputs:
                     f"{str(out_dir / MANIFEST_NAME)!r} describes another job (" + "; ".join(diffs)
                     + "); use the same model and options, another --out, or --overwrite"
                 )
-        names = output_names(shards)
+        names = output_names(shards, ".parquet" if identity.get("format") == "parquet" else ".npy")
         old = {e["path"]: e for e in (previous or {}).get("shards", [])}
         entries, todo = [], []
         for i, (shard, name) in enumerate(zip(shards, names)):
@@ -111,7 +126,7 @@ class ShardOutputs:
             prev = old.get(desc["path"])
             done = (prev is not None and prev.get("rows") == shard.rows and prev.get("bytes") == shard.bytes
                     and prev.get("output") == name
-                    and _complete_on_disk(out_dir, prev, shard.rows, identity["dim"], identity["dtype"]))
+                    and _complete_on_disk(out_dir, prev, shard.rows, identity))
             entries.append({**desc, "output": name, "status": SHARD_COMPLETE if done else SHARD_PENDING})
             if not done:
                 todo.append(i)
@@ -119,6 +134,7 @@ class ShardOutputs:
         if overwrite:
             for name in names:
                 (out_dir / name).unlink(missing_ok=True)
+                ids_path(out_dir / name).unlink(missing_ok=True)
         run = {**run_info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shards_to_embed": len(todo)}
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -128,6 +144,8 @@ class ShardOutputs:
             "shards": entries,
             "runs": list((previous or {}).get("runs", [])) + [run],
         }
+        if previous is not None and "quantization" in previous:
+            manifest["quantization"] = previous["quantization"]
         outputs = cls(out_dir, manifest, todo)
         outputs.save()
         return outputs
@@ -168,7 +186,10 @@ class ShardOutputs:
         mm.flush()
         del mm
         entry = self.manifest["shards"][i]
-        os.replace(self._partial(i), self.out_dir / entry["output"])
+        if self.finish_shard is not None:
+            self.finish_shard(i, self._partial(i), self.out_dir / entry["output"])
+        else:
+            os.replace(self._partial(i), self.out_dir / entry["output"])
         _fsync_dir(self.out_dir)
         entry["status"] = SHARD_COMPLETE
         self.save()
