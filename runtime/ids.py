@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 ID_FIELD = "id"
 _READ_ROWS = 65536
-# What --unique-ids holds in memory, said in the CLI help and the docs.
-UNIQUE_IDS_MEMORY = ("about 40 bytes per row, plus twice the text of string ids (1M integer ids: ~40 MB)")
+# What --unique-ids holds in memory, said in the CLI help (measured by benchmarks/unique_ids_memory.py).
+UNIQUE_IDS_MEMORY = ("about 70 bytes per integer id, or 70 bytes plus 3x its text per string id (2M ids: 128 MiB "
+                     "for integers, 214 MiB for 16-character strings)")
 
 
 @dataclass(frozen=True)
@@ -116,30 +117,38 @@ def check_id_column(corpus: Corpus, column: str, unique: bool = False, progress:
 
 
 def _check_unique(corpus: Corpus, ids: IdColumn, progress: bool) -> None:
+    """Raise naming the first row whose id appeared earlier (stable sorts keep rows ascending within an id)."""
     from tqdm.auto import tqdm
 
     chunks = []
     with tqdm(total=corpus.rows, unit="row", desc="check ids", disable=not progress, dynamic_ncols=True) as bar:
         for array in iter_ids(corpus, ids):
-            chunks.append(array)
+            chunks.append(array.cast(pa.large_string()) if ids.type == "string" else array.to_numpy())
             bar.update(len(array))
     if not chunks:
         return
-    whole = pa.chunked_array(chunks, type=ids.arrow_type)
-    del chunks
-    if ids.type == "string":  # one contiguous array may pass 2 GiB of text
-        whole = whole.cast(pa.large_string())
-    encoded = pc.dictionary_encode(whole.combine_chunks())
-    del whole
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")
-    ordered = codes[order]
-    repeat = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # positions (in order) of a repeated id
+    if ids.type == "int64":
+        values = np.concatenate(chunks)
+        del chunks
+        order = np.argsort(values, kind="stable")
+        ordered = values[order]
+        same = ordered[1:] == ordered[:-1]
+        del ordered
+    else:
+        values = pa.concat_arrays(chunks)
+        del chunks
+        order = pc.sort_indices(values).to_numpy()  # a stable sort
+        ordered = values.take(order)
+        same = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(zero_copy_only=False)
+        del ordered
+    repeat = np.flatnonzero(same) + 1  # sorted positions holding the same id as the one before
     if not len(repeat):
         return
-    j = int(order[repeat].min())  # the first row that repeats an earlier id (rows ascend within an id)
-    first = int(order[np.searchsorted(ordered, codes[j])])  # the first row with that id
-    value = encoded.dictionary[int(codes[j])].as_py()
+    k = int(repeat[np.argmin(order[repeat])])
+    j = int(order[k])  # the first row (corpus order) that repeats an earlier id
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    first = int(order[starts[np.searchsorted(starts, k, side="right") - 1]])  # the first row with that id
+    value = values[j].as_py() if isinstance(values, pa.Array) else int(values[j])
     raise CorpusError(f"id column {ids.name!r} is not unique: id {value!r} is at {locate(corpus, first)} and again "
                       f"at {locate(corpus, j)}")
 

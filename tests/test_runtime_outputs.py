@@ -190,6 +190,12 @@ def test_bad_ids_are_rejected_before_embedding(tiny_export, texts, tmp_path):
     assert result.exit_code != 0
     assert "id 'c' is at row 2 (row 2 of" in result.output and "and again at row 4 (row 4 of" in result.output
     assert cli(dup, "--out", tmp_path / "b.parquet", "--model", tiny_export, "--id-column", "doc_id").exit_code == 0
+    shards = tmp_path / "dup-shards"  # integer ids repeated across files: rows named globally and per file
+    write_parquet(shards / "part-0.parquet", texts[:10], doc_id=pa.array([9, 3, *range(100, 108)], type=pa.int32()))
+    write_parquet(shards / "part-1.parquet", texts[10:20], doc_id=pa.array([*range(200, 205), 9, 3, *range(3)]))
+    with pytest.raises(CorpusError, match=r"id 9 is at row 0 \(row 0 of .*part-0.parquet'\) and again at row 15 "
+                                          r"\(row 5 of .*part-1.parquet'\)"):
+        embed_corpus(shards, tmp_path / "d.npy", tiny_export, device="cpu", id_column="doc_id", unique_ids=True)
     floats = corpus_with("floats", score=pa.array(np.linspace(0, 1, 30)))
     result = cli(floats, "--out", tmp_path / "c.npy", "--model", tiny_export, "--id-column", "score")
     assert result.exit_code != 0 and "has type double; expected integers or strings" in result.output
