@@ -7,8 +7,8 @@ once) with
 ``lusifer-embed`` (float32 parquet output with ``--id-column``, ``--kind query`` and lusifer-eval's bitext
 instruction; the rows shuffled with ``--seed`` so that the first chunk, which calibrates int8 / uint8, is a mix
 of every language as in a real corpus; ``--chunk-rows`` 256 by default so that the calibration sees a part of
-the corpus only, as on a real corpus larger than 2048 rows), then scores every task as ``lusifer-eval`` does (MTEB bitext-mining
-F1: each ``sentence1`` retrieves its nearest English ``sentence2``) with:
+the corpus only, as on a real corpus larger than 2048 rows), then scores every task as ``lusifer-eval`` does
+(MTEB bitext-mining F1: each ``sentence1`` retrieves its nearest English ``sentence2``) with:
 
 * ``float32``: cosine of the float vectors (lusifer-eval's score);
 * ``float16``: cosine of the float16 vectors;
@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     data = {
         "benchmark": NAME, "machine": machine, "model": str(model), "suite": str(suite),
         "rows_per_task": args.rows or "all", "texts": len(rows), "dim": dim, "chunk_rows": args.chunk_rows,
-        "seed": args.seed, "embed_seconds": seconds, "embed_summary": summary, "embed_peak_rss_mib_this_call": child.peak_rss_mib,
+        "seed": args.seed, "embed_seconds": seconds, "embed_summary": summary,
+        "embed_peak_rss_mib_this_call": child.peak_rss_mib,
         "bytes_per_vector": bytes_per_vector, "average_f1": average, "tasks": per_task,
     }
     lines = [f"# Compact output dtypes: bitext F1 on the development suite ({len(tasks)} bitext tasks)", "",

@@ -11,8 +11,8 @@ from lusifer.onnx_interface import ManifestError
 from lusifer.runtime.corpus import NULL_POLICIES
 from lusifer.runtime.embedder import MAX_INFLIGHT
 from lusifer.runtime.errors import EmbedError
-from lusifer.runtime.job import embed_corpus
 from lusifer.runtime.ids import UNIQUE_IDS_MEMORY
+from lusifer.runtime.job import embed_corpus
 from lusifer.runtime.outputs import OUTPUT_FORMATS
 from lusifer.runtime.writer import OUTPUT_DTYPES
 

@@ -222,7 +222,8 @@ def test_ray_parquet_shards_with_ids_and_int8(local_ray, tiny_export, shard_fold
     codes = np.concatenate([np.stack(t.column("embedding").to_numpy()) for t in tables if t.num_rows])
     assert codes.dtype == np.int8
     assert np.abs(codes.astype(int) - quantize(floats, "int8", ranges).astype(int)).max() <= 1  # fp noise only
-    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json"] + [e["output"] for e in manifest["shards"]])
+    outputs = [e["output"] for e in manifest["shards"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *outputs])
     again = embed_corpus_ray(corpus, out, tiny_export, num_actors=1, dtype="int8", output_format="parquet",
                              id_column="doc", progress=False)
     assert again.shards_embedded == 0
