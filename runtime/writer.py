@@ -18,6 +18,7 @@ atomic replace of the JSON file), so a kill at any moment leaves a state that ``
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -85,6 +86,15 @@ def write_json_atomic(path: Path, data: dict) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def remove_stale_temps(out: str | os.PathLike) -> None:
+    """Remove temp files a killed run left beside ``out`` (``.<name>.<pid>.tmp`` of :func:`write_json_atomic`
+    and of the ids file)."""
+    out = Path(out)
+    for path in (sidecar_path(out), ids_path(out)):
+        for tmp in out.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def read_sidecar(out: str | os.PathLike) -> dict | None:
@@ -188,6 +198,7 @@ class VectorWriter:
         if identity["dtype"] not in OUTPUT_DTYPES:
             raise OutputError(f"output dtype {identity['dtype']!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
         run = {**run_info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        remove_stale_temps(out)
         if previous is not None:
             return cls._continue(out, identity, previous, run)
         for path in output_files(out):
