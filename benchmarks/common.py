@@ -27,7 +27,7 @@ RESULT_PREFIX = "RESULT "
 EMBED_ENTRY = "import sys; from lusifer.runtime.cli import main; sys.exit(main())"
 EVAL_ENTRY = "import sys; from lusifer.evaluation.cli import main; sys.exit(main())"
 # lusifer-embed with ONNX Runtime's own intra-op pool on CUDA (one spinning thread per core), as the runtime
-# configured CUDA sessions before 2026-12-03 (seventh session); an A/B row of gpu_suite, never the product
+# configured CUDA sessions before 2026-12-03; an A/B row of gpu_suite, never the product
 ORT_POOL_EMBED_ENTRY = ("import sys; from benchmarks.common import use_onnxruntime_thread_pool; "
                         "use_onnxruntime_thread_pool(); " + EMBED_ENTRY.split("; ", 1)[1])
 # Starts argv[2:], waits with wait4, writes "exit_code wall_seconds max_rss_kib" to argv[1], exits with its code.
@@ -239,7 +239,7 @@ def _git() -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"commit": git("rev-parse", "HEAD")}
     except (OSError, subprocess.SubprocessError):
         return {}
 
@@ -271,7 +271,6 @@ def machine_info() -> dict[str, Any]:
         "versions": _versions(),
         "git": _git(),
         "command": command_line(),
-        "cwd": os.getcwd(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -285,6 +284,23 @@ def machine_info() -> dict[str, Any]:
 
 
 # ---- results -----------------------------------------------------------------------------------------------
+def portable(value: Any) -> Any:
+    """``value`` with this machine's paths made portable, for results files that are committed.
+
+    Strings (also inside dicts and lists) lose the repository root (paths become relative to it), the
+    interpreter's path becomes ``python`` and the home folder ``~``. Other values are returned as they are.
+    """
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(portable(v) for v in value)
+    if not isinstance(value, str):
+        return value
+    value = value.replace(sys.executable, "python").replace(f"{REPO_ROOT}{os.sep}", "").replace(str(REPO_ROOT), ".")
+    home = str(Path.home())
+    return value.replace(home + os.sep, "~" + os.sep) if home not in ("", os.sep) else value
+
+
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
         if v is None:
@@ -308,7 +324,7 @@ def machine_md(machine: dict) -> str:
         f"cores), {machine['memory_gib']} GiB RAM; GPUs: {gpus}\n"
         f"- load average (1, 5, 15 min) at start: {machine['load_average_at_start']}\n"
         f"- libraries: {libs}\n"
-        f"- git: {git.get('commit', '?')}{' (dirty)' if git.get('dirty') else ''}; started {machine['started']}\n"
+        f"- git: {git.get('commit', '?')}; started {machine['started']}\n"
         f"- command: `{machine['command']}`\n"
     )
 
@@ -317,6 +333,7 @@ def write_results(out_dir: str | os.PathLike, name: str, data: dict, markdown: s
     """Write ``<out_dir>/<name>.json`` and ``<name>.md`` (the Markdown ends with the machine facts)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    data, markdown = portable(data), portable(markdown)
     data = {**data, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"

@@ -17,7 +17,7 @@ the corpus only, as on a real corpus larger than 2048 rows), then scores every t
   index over the codes computes) and by cosine of the dequantized vectors;
 * ``binary`` / ``ubinary`` (the same bits): Hamming distance of the packed bits.
 
-Writes ``benchmarks/results/compact_bitext.json`` and ``.md``.
+Writes ``benchmarks/results/cpu/compact_bitext.json`` and ``.md`` (paths made portable).
 """
 
 from __future__ import annotations
@@ -94,15 +94,15 @@ def score_task(e1: np.ndarray, e2: np.ndarray, ranges: np.ndarray) -> dict[str, 
     return {k: round(100 * v, 2) for k, v in scores.items()}
 
 
-def portable(data: dict, suite: Path, model: Path) -> dict:
-    """``data`` without local absolute paths (suite -> DATA/eval, model -> its name, cwd dropped)."""
+def anonymise(data: dict, suite: Path, model: Path) -> dict:
+    """``data`` without local absolute paths outside the repository (suite -> DATA/eval, model -> its name);
+    :func:`benchmarks.common.write_results` makes the rest portable."""
     text = json.dumps(data, ensure_ascii=False)
     for path, name in ((str(Path(suite).resolve()), "DATA/eval"), (str(suite), "DATA/eval"),
                        (str(Path(model).resolve()), f"MODELS/{Path(model).parent.name}/{Path(model).name}"),
                        (str(DEFAULT_WORK_DIR.parent.parent), ".")):
         text = text.replace(path, name)
     out = json.loads(text)
-    out.get("machine", {}).pop("cwd", None)
     out.get("embed_summary", {}).pop("output", None)
     return out
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="lusifer-embed --threads")
     parser.add_argument("--seed", type=int, default=0, help="row shuffle seed")
     parser.add_argument("--work", default=str(DEFAULT_WORK_DIR / NAME), help="work folder (corpus, vectors)")
-    parser.add_argument("--results", default=str(RESULTS_DIR), help="results folder")
+    parser.add_argument("--results", default=str(RESULTS_DIR / "cpu"), help="results folder")
     args = parser.parse_args(argv)
     setup_logging()
     machine = machine_info()
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
               "|---|---:|" + "---:|" * len(keys)]
     for name, t in per_task.items():
         lines.append(f"| {name} | {t['rows']} | " + " | ".join(f"{t[k]:.1f}" for k in keys) + " |")
-    json_path, md_path = write_results(args.results, NAME, portable(data, suite, model), "\n".join(lines))
+    json_path, md_path = write_results(args.results, NAME, anonymise(data, suite, model), "\n".join(lines))
     print(f"wrote {json_path} and {md_path}")
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lusifer.atomic import atomic_path
+
 from benchmarks.common import BenchmarkError, fail, require_dir, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -109,9 +111,8 @@ def build_corpus(suite_dir: str | Path, out: str | Path, rows: int, seed: int = 
         "lang": pa.array([pool[i][1] for i in index], type=pa.string()),
         "source": pa.array([pool[i][2] for i in index], type=pa.string()),
     })
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     chars = np.array([len(t) for t in texts])
     facts = {
         "format": FORMAT,

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lusifer.vectors import row_cosines
+
 from benchmarks.common import (
     DEFAULT_WORK_DIR,
     RESULTS_DIR,
@@ -106,11 +108,11 @@ def run_row(name: str, args, corpus: Path, work: Path) -> dict:
 
 
 def agreement(work: Path, names: list[str], reference: str) -> dict:
-    """Row-wise cosine of each row's vectors to the reference row's (all vectors are L2-normalised)."""
+    """Row-wise cosine of each row's vectors to the reference row's."""
     ref = np.load(work / f"{reference}.npy")
     out = {}
     for name in names:
-        cos = (np.load(work / f"{name}.npy", mmap_mode="r") * ref).sum(axis=1)
+        cos = row_cosines(np.load(work / f"{name}.npy", mmap_mode="r"), ref)
         out[name] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
     return out
 

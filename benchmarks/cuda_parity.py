@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lusifer.vectors import row_cosines
+
 from benchmarks.common import (
     RESULTS_DIR,
     BenchmarkError,
@@ -51,10 +53,6 @@ def corpus_sample(path: Path, per_language: int) -> tuple[list[str], list[str]]:
     return texts, langs
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def run(args) -> dict:
     import torch
 
@@ -73,7 +71,7 @@ def run(args) -> dict:
     for export in exports:
         embedder = Embedder(export, device=args.device, variant="fp16")
         got = embedder.embed(texts, kind="document", normalize=False)
-        cos = _cosines(got, want)
+        cos = row_cosines(got, want)
         per_lang = {}
         for lang in sorted(set(langs)):
             idx = [i for i, x in enumerate(langs) if x == lang]

@@ -73,11 +73,12 @@ EMBED_VARIANTS = {"lusifer-embed-ort1": (["--threads", "1"], {}),
                   "lusifer-embed-inflight2": (["--inflight", "2"], {}),
                   "lusifer-embed-ort-pool": ([], {})}
 # rows run with ONNX Runtime's own intra-op pool on CUDA (one spinning thread per core; the runtime's CUDA
-# sessions had it until the seventh session and now have one thread): lusifer-embed and model-only, for the A/B
+# sessions had it until 2026-12-03 and now have one thread): lusifer-embed and model-only, for the A/B
 ORT_POOL_ROWS = ("lusifer-embed-ort-pool", "ort-model-only-pool")
 # ort-attention*: with --attention-export (an export made with --fp16-fusions all), model-only on that graph with
 # cuDNN attention switched on (ONNX Runtime 1.31's own choice on Hopper) and off (the runtime's CUDA default since
-# 2026-12-03, lusifer.runtime.session.avoid_cudnn_attention: the memory-efficient kernel instead).
+# 2026-12-03: the memory-efficient kernel instead; now the sdpa_kernel provider option of
+# lusifer.runtime.session.cuda_provider_options, which a set ORT_ENABLE_CUDNN_FLASH_ATTENTION overrides).
 ATTENTION_ROWS = {"ort-attention": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "1"},
                   "ort-attention-no-cudnn": {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "0"}}
 ROWS = (*DEFAULT_ROWS, "ort-baseline", "ort-model-only-pool", *ATTENTION_ROWS, *EMBED_VARIANTS)
@@ -352,7 +353,7 @@ def run(args) -> dict:
             "lusifer-embed-rayon4": "as lusifer-embed, with RAYON_NUM_THREADS=4 set from outside",
             "lusifer-embed-inflight2": "as lusifer-embed, with --inflight 2 (two batches in flight)",
             "lusifer-embed-ort-pool": "as lusifer-embed, with ONNX Runtime's own intra-op pool on CUDA (one spinning "
-                                      "thread per core; the runtime's setting before the seventh session)",
+                                      "thread per core; the runtime's setting before 2026-12-03)",
             "ort-model-only-pool": "as ort-model-only, with ONNX Runtime's own intra-op pool on CUDA",
         },
         "kernel_profile": profile,

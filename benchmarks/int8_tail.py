@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lusifer import vectors
+
 from benchmarks.common import (
     RESULTS_DIR,
     BenchmarkError,
@@ -45,7 +47,7 @@ def row_cosines(reference: Path, candidate: Path, rows: int) -> np.ndarray:
             raise BenchmarkError(f"{path}: shape {arr.shape}; expected ({rows}, dim) for the corpus's {rows} rows")
     if ref.shape != cand.shape:
         raise BenchmarkError(f"{reference} is {ref.shape} but {candidate} is {cand.shape}; expected the same shape")
-    return np.einsum("ij,ij->i", np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64))
+    return vectors.row_cosines(ref, cand)
 
 
 def token_counts(tokenizer_json: Path, texts: list[str]) -> np.ndarray:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             run_child(cmd, f"export {variant}")
     except BenchmarkError as exc:
         fail(exc)
-    except Exception as exc:  # DefaultModelBuildError, ModelFolderError... name the problem in one line
+    except Exception as exc:  # BuildError, ModelFolderError... name the problem in one line
         fail(f"{type(exc).__name__}: {exc}")
     print(out)
 

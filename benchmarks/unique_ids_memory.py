@@ -4,7 +4,7 @@
 
 Writes a parquet corpus per id kind (int64 ``7 * i``; 16-character strings ``doc-000000000123``), then, in a
 fresh child process per kind, opens it and runs the uniqueness check; the child reports the growth of its
-peak RSS (``ru_maxrss``) over the check. Writes ``benchmarks/results/unique_ids_memory.json`` and ``.md``.
+peak RSS (``ru_maxrss``) over the check. Writes ``benchmarks/results/cpu/unique_ids_memory.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--work", default=str(DEFAULT_WORK_DIR / NAME))
-    parser.add_argument("--results", default=str(RESULTS_DIR))
+    parser.add_argument("--results", default=str(RESULTS_DIR / "cpu"), help="results folder")
     args = parser.parse_args(argv)
     setup_logging()
     work = Path(args.work)
@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> None:
                       "bytes_per_row": round(kib * 1024 / args.rows, 1)}
         print(kind, rows[kind])
     data = {"benchmark": NAME, "machine": machine_info(), "results": rows}
-    data["machine"].pop("cwd", None)
     lines = [f"# Peak memory of --unique-ids ({args.rows:,} rows)", "",
              "| ids | peak RSS growth | bytes / row |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['peak_rss_growth_mib']} MiB | {v['bytes_per_row']} |" for k, v in rows.items()]

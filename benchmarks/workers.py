@@ -44,10 +44,6 @@ def _torch_setup(threads: int | None):
     return torch
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 # ---- PyTorch on CPU over a corpus ----------------------------------------------------------------------------
 def torch_cpu(args) -> dict:
     torch = _torch_setup(args.threads)

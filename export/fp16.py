@@ -11,7 +11,8 @@ and bias+GELU (:mod:`lusifer.export.fusion`); ``"all"`` also fuses rotary embedd
 a fp16 PyTorch model uses) and attention (:mod:`lusifer.export.attention_fusion`). ``"all"`` is not the
 default: on an H200 with ONNX Runtime 1.31 the fused attention ran on cuDNN SDPA, which ONNX Runtime prefers on
 Hopper, and lusifer-small's graph ran 27% slower than the unfused one over the varying batch shapes of a
-corpus, although its kernels took less time (``benchmarks/results/h200/gpu_small_200k_e2e_all_fusions.md``).
+corpus, although its kernels took less time; with cuDNN attention off it equals the norm graph
+(``benchmarks/results/h200/gpu_small_200k_e2e_attention.md``).
 The fused kernels read and write fp16 and accumulate their statistics (norm variance, softmax) in fp32.
 
 What stays in fp32 (the converter inserts the casts):

@@ -61,6 +61,7 @@ from lusifer.export.onnx_export import save_model
 
 from lusifer.extras import require
 from lusifer.onnx_interface import INPUT_NAMES
+from lusifer.vectors import row_cosines
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +204,6 @@ class Switchboard:
         return np.concatenate(out)
 
     def cosines(self, enabled: np.ndarray) -> np.ndarray:
-        from lusifer.export.validate import row_cosines
-
         return row_cosines(self.embed(enabled), self.reference)
 
     def only(self, indices) -> np.ndarray:

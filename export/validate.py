@@ -24,6 +24,7 @@ from lusifer.export.validation_texts import validation_items
 
 from lusifer.extras import require
 from lusifer.onnx_interface import INPUT_NAMES
+from lusifer.vectors import row_cosines
 
 logger = logging.getLogger(__name__)
 
@@ -164,14 +165,6 @@ def torch_reference(model) -> Reference:
         pad_token_id=int(pad),
         languages=[lang for b in batches for lang in b.languages],
     )
-
-
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of matching rows (float64; NaN rows stay NaN)."""
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(denom, 1e-30)
 
 
 def ort_session(path: Path):

@@ -17,6 +17,7 @@ _EXTRA_OF = {
     "onnx": "export",
     "onnxscript": "export",
     "ray": "ray",
+    "faiss": "search",
 }
 
 

@@ -11,6 +11,7 @@ from lusifer.runtime.errors import (
     EmbedError,
     ExportFolderError,
     NoDefaultModelError,
+    OptionError,
     OutputError,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "DeviceError",
     "ExportFolderError",
     "NoDefaultModelError",
+    "OptionError",
     "OutputError",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -14,6 +15,8 @@ from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.ids import UNIQUE_IDS_MEMORY
 from lusifer.runtime.job import embed_corpus
 from lusifer.runtime.outputs import OUTPUT_FORMATS
+from lusifer.runtime.session import resolve_device
+from lusifer.runtime.tokenize import cuda_tokenizer_env
 from lusifer.runtime.writer import OUTPUT_DTYPES
 
 
@@ -56,7 +59,18 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
               help="L2-normalise rows [default: the model's setting, normally on].")
 @click.option("--on-null", type=click.Choice(NULL_POLICIES), default="error", show_default=True,
               help="Null texts: error; embed as empty text; or write a zero vector. Rows are never dropped.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job.")
+@click.option("--max-length", type=click.IntRange(min=1), default=None,
+              help="Most tokens per text, prompt and special tokens included [default: the export's limit]; "
+                   "above the export's limit is an error. Longer texts are cut: the summary counts them and lists "
+                   "the first few, and a warning is logged once when more than 1% are cut.")
+@click.option("--chunk-tokens", type=click.IntRange(min=1), default=None,
+              help="Embed texts longer than N text tokens whole: split them into windows of N tokens (the prompt "
+                   "repeated in each, all within --max-length); the row's vector is the token-count-weighted mean "
+                   "of its windows' vectors, re-normalised. Shorter texts are unchanged.")
+@click.option("--chunk-overlap", type=click.IntRange(min=0), default=None,
+              help="With --chunk-tokens N: tokens shared by consecutive windows, 0 to N-1 [default: 0].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job (length options left "
+                                             "out are the earlier run's).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Rows per committed chunk and length-sorting window [default: 2048 on CPU, 8192 on CUDA].")
@@ -76,7 +90,8 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
 def main(corpus: str, out_path: str, out_format: str | None, id_column: str | None, unique_ids: bool,
          model_dir: str | None, column: str, kind: str, instruction: str | None,
          device: str, variant: str | None, threads: int | None, inflight: int, dtype: str,
-         normalize: bool | None, on_null: str, resume: bool, overwrite: bool, chunk_rows: int | None,
+         normalize: bool | None, on_null: str, max_length: int | None, chunk_tokens: int | None,
+         chunk_overlap: int | None, resume: bool, overwrite: bool, chunk_rows: int | None,
          token_budget: int | None, max_batch_rows: int | None, ray_address: str | None, num_actors: int | None,
          gpus_per_actor: int, progress: bool, verbose: bool) -> None:
     """Embed the text column of a parquet CORPUS (a file, a folder of files, or a glob) into a .npy or .parquet file.
@@ -94,6 +109,9 @@ def main(corpus: str, out_path: str, out_format: str | None, id_column: str | No
         raise click.UsageError("--resume and --overwrite exclude each other")
     if unique_ids and id_column is None:
         raise click.UsageError("--unique-ids needs --id-column")
+    if chunk_overlap is not None and chunk_tokens is None and not resume:
+        raise click.UsageError(f"--chunk-overlap {chunk_overlap} needs --chunk-tokens N")
+    lengths = {"max_length": max_length, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
     if ray_address is not None:
         if inflight != 1:
             raise click.UsageError(f"--inflight {inflight}: not supported with --ray (its actors run one batch "
@@ -102,7 +120,7 @@ def main(corpus: str, out_path: str, out_format: str | None, id_column: str | No
                  output_format=out_format or "npy", id_column=id_column, unique_ids=unique_ids, column=column,
                  kind=kind, instruction=instruction, variant=variant, threads=threads, dtype=dtype,
                  normalize=normalize, on_null=on_null, overwrite=overwrite, chunk_rows=chunk_rows,
-                 token_budget=token_budget, max_batch_rows=max_batch_rows, progress=progress)
+                 token_budget=token_budget, max_batch_rows=max_batch_rows, progress=progress, **lengths)
         return
     if num_actors is not None or gpus_per_actor:
         raise click.UsageError("--num-actors and --gpus-per-actor need --ray")
@@ -111,15 +129,34 @@ def main(corpus: str, out_path: str, out_format: str | None, id_column: str | No
         raise click.UsageError(f"--format {out_format} but --out {out_path!r} ends in {suffix or 'no suffix'!r}; "
                                f"name the output *.{out_format}")
     try:
+        apply_process_settings(device)
         summary = embed_corpus(
             corpus, out_path, model_dir, column=column, kind=kind, instruction=instruction, device=device,
             variant=variant, threads=threads, dtype=dtype, normalize=normalize, on_null=on_null, resume=resume,
             overwrite=overwrite, chunk_rows=chunk_rows, token_budget=token_budget, max_batch_rows=max_batch_rows,
-            progress=progress, inflight=inflight, id_column=id_column, unique_ids=unique_ids,
+            progress=progress, inflight=inflight, id_column=id_column, unique_ids=unique_ids, **lengths,
         )
     except (EmbedError, ManifestError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.format())
+
+
+def apply_process_settings(device: str) -> dict[str, str]:
+    """Set the process environment variables a ``lusifer-embed`` run wants, before anything is tokenised.
+
+    On CUDA: ``RAYON_NUM_THREADS=4`` (:func:`~lusifer.runtime.tokenize.cuda_tokenizer_env`): the tokenizer's
+    pool stays off the cores that the thread launching the CUDA kernels needs; a value the user set is kept.
+    Only this entry point writes the environment; the library never does.
+
+    Raises:
+        DeviceError: ``device`` is not understood, or CUDA was asked for but is not available.
+
+    Returns:
+        The variables set.
+    """
+    settings = cuda_tokenizer_env() if resolve_device(device).kind == "cuda" else {}
+    os.environ.update(settings)
+    return settings
 
 
 def _run_ray(corpus: str, out_dir: str, model_dir: str | None, address: str, num_actors: int | None,

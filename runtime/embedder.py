@@ -15,7 +15,8 @@ from lusifer.runtime.batching import Batch, make_batch, plan_batches
 from lusifer.runtime.errors import EmbedError, ExportFolderError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.session import GraphRunner, create_session, resolve_device
-from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts, cap_tokenizer_threads
+from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts
+from lusifer.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,6 @@ MAX_INFLIGHT = 8
 # min cosine 0.956 to fp32 (75 rows below 0.98) and one row per pass 0.984 (mean 0.9985), at the same speed
 # on 2 CPU cores. These variants therefore run one row per forward pass.
 ONE_ROW_PER_PASS_QUANTIZATIONS = frozenset({"int8"})
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by their L2 norm (norm clamped at ``eps``), in float32, as ``lusifer.pooling``."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, eps)
 
 
 def check_texts(texts: Sequence, where: str = "texts") -> None:
@@ -67,6 +61,13 @@ class Embedder:
         inflight: Batches run at once by :meth:`run_batches` (default 1), each from its own thread. With 2 on
             CUDA, ONNX Runtime can launch one batch while the GPU still computes the previous one; results
             are the same and come back in order. On CPU keep 1: the intra-op threads already use every core.
+        max_length: Most tokens per text (prompt and special tokens included), from 1 to the export's
+            ``max_length`` (the default); longer texts are cut on the right.
+
+    Building an ``Embedder`` changes no process environment variable. On CUDA, ``lusifer-embed`` also caps the
+    tokenizer's thread pool (:func:`lusifer.runtime.tokenize.cuda_tokenizer_env`, ``RAYON_NUM_THREADS=4``) to
+    leave cores to the thread that launches the kernels; a program embedding a large corpus on CUDA can apply
+    it itself before its first ``embed``.
 
     Example:
         >>> emb = Embedder("export/", device="cpu")
@@ -81,17 +82,16 @@ class Embedder:
         threads: int | None = None,
         verify: bool = True,
         inflight: int = 1,
+        max_length: int | None = None,
     ):
         if isinstance(inflight, bool) or not isinstance(inflight, int) or not 1 <= inflight <= MAX_INFLIGHT:
             raise ValueError(f"inflight={inflight!r}: expected an integer from 1 to {MAX_INFLIGHT}")
         self.inflight = inflight
         self._pool = ThreadPoolExecutor(inflight, thread_name_prefix="lusifer-infer") if inflight > 1 else None
         self.device = resolve_device(device)
-        if self.device.kind == "cuda":  # leave cores to the thread that launches the kernels
-            logger.debug("tokenizer threads: RAYON_NUM_THREADS=%s", cap_tokenizer_threads())
         self.export = open_export(export_dir, self.device.kind, variant, verify=verify)
         self.manifest = self.export.manifest
-        self.tokenizer = TextTokenizer(self.export.tokenizer_path, self.manifest)
+        self.tokenizer = TextTokenizer(self.export.tokenizer_path, self.manifest, max_length)
         if self.device.kind == "cpu" and self.manifest.variants[self.variant].dtype == "fp16":
             logger.warning("running the fp16 graph on CPU is slow; prefer --variant fp32 or int8 on CPU")
         self.session = create_session(self.export.graph_path, self.device, threads)
@@ -122,7 +122,8 @@ class Embedder:
 
     @property
     def max_length(self) -> int:
-        return self.manifest.max_length
+        """Most tokens per text: the ``max_length`` given, else the export's."""
+        return self.tokenizer.max_length
 
     @property
     def model_sha256(self) -> str:

@@ -27,3 +27,7 @@ class OutputError(EmbedError):
 
 class NoDefaultModelError(EmbedError):
     """No export folder was given and no default model is available."""
+
+
+class OptionError(EmbedError, ValueError):
+    """An option is out of range for this model or job (e.g. ``--max-length`` above the export's limit)."""

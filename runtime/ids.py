@@ -9,7 +9,6 @@ written: into the ``id`` column of a parquet output, or into ``<out>.ids.parquet
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lusifer.atomic import atomic_path
 from lusifer.runtime.corpus import Corpus, Shard, _null_count, _null_positions, open_parquet
 from lusifer.runtime.errors import CorpusError
-from lusifer.runtime.writer import _fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +172,24 @@ def iter_shard_ids(shard: Shard, ids: IdColumn) -> Iterator[pa.Array]:
         raise CorpusError(f"corpus file {str(shard.path)!r} could not be read: {exc}") from exc
 
 
+def shard_ids_at(shard: Shard, ids: IdColumn, rows: list[int]) -> list:
+    """The ids (Python ``int`` / ``str``) of rows ``rows`` (ascending, within the shard) of one shard."""
+    found: list = []
+    base = 0
+    want = iter(rows)
+    row = next(want, None)
+    for array in iter_shard_ids(shard, ids):
+        while row is not None and row < base + len(array):
+            found.append(array[row - base].as_py())
+            row = next(want, None)
+        if row is None:
+            break
+        base += len(array)
+    if len(found) != len(rows):
+        raise CorpusError(f"corpus file {str(shard.path)!r} has no row {row} (the corpus changed?)")
+    return found
+
+
 def iter_ids(corpus: Corpus, ids: IdColumn) -> Iterator[pa.Array]:
     """The ids of the whole corpus in row order (shards in corpus order), in bounded batches."""
     for shard in corpus.shards:
@@ -210,7 +227,8 @@ class IdStream:
 
 
 def write_ids_file(arrays: Iterator[pa.Array], ids: IdColumn, dest: Path, rows: int) -> Path:
-    """Write ids (row order) to the parquet file ``dest`` with one column ``id``, atomically (temp + rename).
+    """Write ids (row order) to the parquet file ``dest`` with one column ``id``, atomically
+    (:func:`lusifer.atomic.atomic_path`).
 
     Args:
         arrays: The ids in row order (e.g. :func:`iter_ids`).
@@ -218,21 +236,14 @@ def write_ids_file(arrays: Iterator[pa.Array], ids: IdColumn, dest: Path, rows: 
         dest: Final path.
         rows: Expected number of ids (a mismatch is an error; ``dest`` is left untouched).
     """
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     schema = pa.schema([pa.field(ID_FIELD, ids.arrow_type, nullable=False)],
                        metadata={b"lusifer.id_column": ids.name.encode("utf-8")})
     written = 0
-    try:
+    with atomic_path(dest) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for array in arrays:
                 writer.write_table(pa.Table.from_arrays([array], schema=schema), row_group_size=1 << 20)
                 written += len(array)
         if written != rows:
             raise CorpusError(f"the id column has {written} rows but the vectors {rows} (the corpus changed?)")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
     return dest

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from lusifer.prompts import check_kind
+from lusifer.runtime.chunking import ChunkSettings, RowEncoder
 from lusifer.runtime.compact import check_dtype, storage_width
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
 from lusifer.runtime.embedder import DEFAULT_MAX_BATCH_ROWS, DEFAULT_TOKEN_BUDGET, DEFAULT_WINDOW_ROWS, Embedder
 from lusifer.runtime.errors import OutputError
+from lusifer.runtime.lengths import describe_rows
 from lusifer.runtime.outputs import output_finisher, prepare_ids, quantizer_for, sidecar_encoder
 from lusifer.runtime.pipeline import run_pipeline
 from lusifer.runtime.session import resolve_device
@@ -55,6 +57,13 @@ class EmbedSummary:
     id_column: str | None = None
     warmup_seconds: float = 0.0
     timing: dict[str, Any] | None = None
+    max_length: int = 0
+    truncated_rows: list[int] | None = None  # corpus positions of the first truncated rows
+    truncated_ids: list[Any] | None = None  # their ids, when the job has an id column
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    windowed_rows: int = 0  # rows split into windows (with chunk_tokens)
+    windows: int = 0  # windows of those rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,10 +86,21 @@ class EmbedSummary:
             f"wrote {self.output}: {self.rows} rows x {self.dim} {self.dtype}{resumed}\n"
             f"{self.rows_this_run} rows in {self.seconds:.1f} s: {self.rows_per_s:.1f} rows/s, "
             f"{self.tokens_per_s:.0f} tokens/s (padding {padding:.1%})\n{where}"
-            f"truncated at max length: {self.truncated} row(s); null rows: {self.null_rows}\n"
+            f"{self._lengths_line()}; null rows: {self.null_rows}\n"
             f"device {self.device} ({self.provider}, {self.threads} thread(s)), variant {self.variant}"
             + (f"\nids from column {self.id_column!r}" if self.id_column else "")
         )
+
+    def _lengths_line(self) -> str:
+        line = f"truncated at max length: {self.truncated} row(s)"
+        if self.truncated and self.truncated_rows:
+            line += f" ({describe_rows(self.truncated, self.truncated_rows, self.truncated_ids)})"
+        if self.max_length:
+            line += f" [max length {self.max_length} tokens]"
+        if self.chunk_tokens:
+            line += (f"; split into windows of {self.chunk_tokens} text tokens (overlap {self.chunk_overlap}): "
+                     f"{self.windowed_rows} row(s), {self.windows} window(s)")
+        return line
 
 
 def _resolve_batching(previous: dict | None, device_kind: str, chunk_rows, token_budget, max_batch_rows) -> dict:
@@ -102,6 +122,24 @@ def _resolve_batching(previous: dict | None, device_kind: str, chunk_rows, token
     defaults = {"chunk_rows": DEFAULT_WINDOW_ROWS[device_kind], "token_budget": DEFAULT_TOKEN_BUDGET[device_kind],
                 "max_batch_rows": DEFAULT_MAX_BATCH_ROWS[device_kind]}
     return {k: given[k] if given[k] is not None else defaults[k] for k in given}
+
+
+def _resolve_lengths(previous: dict | None, max_length, chunk_tokens, chunk_overlap) -> tuple:
+    """Length options: the values given, else (when resuming) the earlier run's; a clash is left to the
+    identity check, which names both values."""
+    if previous is not None:
+        stored = previous.get("identity", {}).get("options", {})
+        max_length = stored.get("max_length") if max_length is None else max_length
+        if chunk_tokens is None and chunk_overlap is None:
+            chunk_tokens, chunk_overlap = stored.get("chunk_tokens"), stored.get("chunk_overlap")
+    return max_length, ChunkSettings.from_options(chunk_tokens, chunk_overlap)
+
+
+def _length_progress(progress: dict) -> dict:
+    """Summary fields of the truncation listing and windows, from the sidecar's progress."""
+    return {"truncated_rows": list(progress.get("truncated_rows", [])),
+            "truncated_ids": list(progress["truncated_ids"]) if progress.get("truncated_ids") else None,
+            "windowed_rows": progress.get("windowed_rows", 0), "windows": progress.get("windows", 0)}
 
 
 def embed_corpus(
@@ -128,8 +166,11 @@ def embed_corpus(
     inflight: int = 1,
     id_column: str | None = None,
     unique_ids: bool = False,
+    max_length: int | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
 ) -> EmbedSummary:
-    """Embed one text column of a parquet corpus into a ``.npy`` file, row i = corpus row i.
+    """Embed one text column of a parquet corpus into a ``.npy`` or ``.parquet`` file, row i = corpus row i.
 
     Checks run before any heavy work: output state, device, model, corpus files/column/type/nulls, export
     checksums. Then chunks of ``chunk_rows`` rows are read, tokenised, embedded in length-sorted batches of at
@@ -162,6 +203,16 @@ def embed_corpus(
         id_column: A column (integers or strings, no nulls) copied into the output in row order: the ``id``
             column of a parquet output, or ``<out>.ids.parquet`` beside a ``.npy`` output.
         unique_ids: Also check that the ids are unique before embedding (reads every id into memory).
+        max_length: Most tokens per text, prompt and special tokens included (1 to the export's
+            ``max_length``, the default); longer rows are cut, counted and listed (first few) in the summary,
+            and a warning is logged once when more than 1% are cut.
+        chunk_tokens: Split rows longer than this many text tokens into windows of it (the prompt kept in each;
+            see :mod:`lusifer.runtime.chunking`); the row's vector is the token-weighted mean of its windows'
+            vectors, re-normalised. ``None``: no splitting.
+        chunk_overlap: Text tokens shared by consecutive windows (default 0; needs ``chunk_tokens``).
+
+        When resuming, ``max_length``, ``chunk_tokens`` and ``chunk_overlap`` left out are the earlier run's;
+        given, they must equal them.
 
     Returns:
         An :class:`EmbedSummary` (also written to the sidecar).
@@ -177,8 +228,10 @@ def embed_corpus(
     ids = prepare_ids(data, id_column, unique_ids, progress)
     model_dir = Path(model) if model is not None else resolve_default_model(device, progress)
     batching = _resolve_batching(previous, device_kind, chunk_rows, token_budget, max_batch_rows)
+    max_length, chunk = _resolve_lengths(previous, max_length, chunk_tokens, chunk_overlap)
     embedder = Embedder(model_dir, device=device, variant=variant, threads=threads, verify=verify,
-                        inflight=inflight)
+                        inflight=inflight, max_length=max_length)
+    encoder = RowEncoder(embedder.tokenizer, kind, instruction, chunk)  # checks the lengths against the prompt
     normalize = embedder.manifest.normalize if normalize is None else bool(normalize)
     identity = {
         "shape": [data.rows, storage_width(dtype, embedder.dim)],
@@ -191,6 +244,8 @@ def embed_corpus(
             "normalize": normalize,
             "on_null": on_null,
             "max_length": embedder.max_length,
+            "chunk_tokens": chunk.tokens if chunk else None,
+            "chunk_overlap": chunk.overlap if chunk else None,
         },
         # an INT8 variant runs one row per pass: its partial outputs must not be resumed by a batched run
         "batching": {**batching, "one_row_per_pass": True} if embedder.one_row_per_pass else batching,
@@ -212,13 +267,15 @@ def embed_corpus(
     finish = output_finisher(out, data, ids, quantizer, embedder.dim, embedder.model_sha256)
     base = dict(output=str(out), rows=data.rows, dim=embedder.dim, dtype=dtype, device=str(embedder.device),
                 provider=embedder.provider, variant=embedder.variant, threads=embedder.threads,
-                model_sha256=embedder.model_sha256, id_column=id_column, **batching)
+                model_sha256=embedder.model_sha256, id_column=id_column, max_length=embedder.max_length,
+                chunk_tokens=chunk.tokens if chunk else None, chunk_overlap=chunk.overlap if chunk else None,
+                **batching)
     if writer.already_complete:
         p = writer.progress
         summary = EmbedSummary(rows_this_run=0, resumed_from=start_row, seconds=0.0, rows_per_s=0.0,
                                tokens_per_s=0.0, tokens=p.get("tokens", 0), padded_tokens=p.get("padded_tokens", 0),
                                truncated=p.get("truncated", 0), null_rows=p.get("null_rows", 0),
-                               already_complete=True, **base)
+                               already_complete=True, **_length_progress(p), **base)
         if writer.sidecar.get("status") != "complete":  # killed between the final rename and the sidecar update
             writer.finalize({**summary.to_dict(), "already_complete": False}, finish)
         return summary
@@ -226,7 +283,7 @@ def embed_corpus(
     if embedder.device.kind == "cuda":  # device set-up belongs to loading, not to the first batch
         warmup_seconds = embedder.warmup(batching["token_budget"], batching["max_batch_rows"])
     counters = run_pipeline(data, embedder, writer, kind, instruction, normalize, dtype, batching, start_row, progress,
-                            encode=sidecar_encoder(quantizer))
+                            encoder=encoder, encode=sidecar_encoder(quantizer), ids=ids)
     p = writer.progress
     seconds = counters["seconds"]
     summary = EmbedSummary(
@@ -234,7 +291,7 @@ def embed_corpus(
         rows_per_s=round(counters["rows"] / seconds, 2) if seconds else 0.0,
         tokens_per_s=round(counters["tokens"] / seconds, 1) if seconds else 0.0,
         tokens=p["tokens"], padded_tokens=p["padded_tokens"], truncated=p["truncated"], null_rows=p["null_rows"],
-        warmup_seconds=round(warmup_seconds, 4), timing=counters["timing"], **base,
+        warmup_seconds=round(warmup_seconds, 4), timing=counters["timing"], **_length_progress(p), **base,
     )
     writer.finalize(summary.to_dict(), finish)
     logger.info("%s", summary.format())

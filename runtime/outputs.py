@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from lusifer.atomic import replace_file
 from lusifer.runtime.compact import Quantizer, needs_calibration
 from lusifer.runtime.corpus import Corpus, Shard
 from lusifer.runtime.errors import OutputError
@@ -89,8 +90,6 @@ def finish_shard(staging: Path, dest: Path, shard: Shard, ids: IdColumn | None, 
     A ``.npy`` shard gets its ids in ``<dest>.ids.parquet`` (written before the rename); a parquet shard is
     converted from the staging file, which is then removed.
     """
-    import os
-
     id_arrays = iter_shard_ids(shard, ids) if ids is not None else None
     if dest.suffix == ".parquet":
         meta = output_metadata(quantizer.dtype, dim, ids, quantizer, model_sha256)
@@ -99,4 +98,4 @@ def finish_shard(staging: Path, dest: Path, shard: Shard, ids: IdColumn | None, 
         return
     if ids is not None:
         write_ids_file(id_arrays, ids, ids_path(dest), shard.rows)
-    os.replace(staging, dest)
+    replace_file(staging, dest)

@@ -2,8 +2,9 @@
 
 Vectors are first committed chunk by chunk to a memory-mapped ``.npy`` staging file (the same resumable
 store as a ``.npy`` output, see :mod:`lusifer.runtime.writer`). When every row is there, the staging file is
-converted, one row group at a time (memory bounded by :data:`ROW_GROUP_BYTES`), into ``<out>.partial``, which
-is then renamed to ``<out>``; the staging file is removed last. The conversion is deterministic, so a run
+converted, one row group at a time (memory bounded by :data:`ROW_GROUP_BYTES`), into a hidden temporary file
+beside ``<out>`` that is then renamed to ``<out>`` (:func:`lusifer.atomic.atomic_path`); the staging file is
+removed last. The conversion is deterministic, so a run
 killed at any point and resumed gives the same bytes as an uninterrupted one.
 
 The file's schema metadata ``lusifer`` (JSON) holds the output dtype, the embedding dimension, the id column
@@ -21,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lusifer.atomic import atomic_path
 from lusifer.runtime.compact import storage_dtype
 from lusifer.runtime.ids import ID_FIELD, IdColumn, IdStream
-from lusifer.runtime.writer import _fsync_dir, partial_path
 
 EMBEDDING_FIELD = "embedding"
 METADATA_KEY = b"lusifer"
@@ -48,7 +49,7 @@ def output_schema(dtype: str, width: int, ids: IdColumn | None, metadata: dict) 
 
 def write_parquet_from_staging(staging: Path, dest: Path, dtype: str, ids: IdColumn | None,
                                id_arrays: Iterator[pa.Array] | None, metadata: dict) -> Path:
-    """Convert the staging ``.npy`` into the parquet output ``dest`` (via ``<dest>.partial``, then rename).
+    """Convert the staging ``.npy`` into the parquet output ``dest`` (through a temporary file, then a rename).
 
     Args:
         staging: The complete ``.npy`` staging file.
@@ -65,24 +66,20 @@ def write_parquet_from_staging(staging: Path, dest: Path, dtype: str, ids: IdCol
     schema = output_schema(dtype, width, ids, metadata)
     step = row_group_rows(width * vectors.dtype.itemsize)
     stream = IdStream(id_arrays, ids.arrow_type) if ids is not None else None
-    tmp = partial_path(dest)
-    with pq.ParquetWriter(tmp, schema, use_dictionary=False, compression="none") as writer:
-        for start in range(0, rows, step):
-            block = np.ascontiguousarray(vectors[start:start + step])
-            flat = pa.array(block.reshape(-1), type=schema.field(EMBEDDING_FIELD).type.value_type)
-            columns = [pa.FixedSizeListArray.from_arrays(flat, width)]
-            if stream is not None:
-                columns.insert(0, stream.take(len(block)))
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=step)
-        if rows == 0:
-            writer.write_table(schema.empty_table())
-    if stream is not None:
-        stream.finish()
+    with atomic_path(dest) as tmp:
+        with pq.ParquetWriter(tmp, schema, use_dictionary=False, compression="none") as writer:
+            for start in range(0, rows, step):
+                block = np.ascontiguousarray(vectors[start:start + step])
+                flat = pa.array(block.reshape(-1), type=schema.field(EMBEDDING_FIELD).type.value_type)
+                columns = [pa.FixedSizeListArray.from_arrays(flat, width)]
+                if stream is not None:
+                    columns.insert(0, stream.take(len(block)))
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=step)
+            if rows == 0:
+                writer.write_table(schema.empty_table())
+        if stream is not None:
+            stream.finish()
     del vectors
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
     return dest
 
 

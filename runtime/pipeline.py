@@ -19,10 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from lusifer.runtime.corpus import Corpus, iter_chunks
-from lusifer.runtime.embedder import Embedder, l2_normalize
+from lusifer.runtime.chunking import RowEncoder, RowTokens, pool_rows
+from lusifer.runtime.corpus import Corpus, iter_chunks_with_ids
+from lusifer.runtime.embedder import Embedder
 from lusifer.runtime.errors import CorpusError
+from lusifer.runtime.ids import IdColumn
+from lusifer.runtime.lengths import TruncationTally
 from lusifer.runtime.writer import VectorWriter
+from lusifer.vectors import l2_normalize
 
 _QUEUE_CHUNKS = 2  # chunks waiting between stages
 _POLL_S = 0.1
@@ -33,9 +37,15 @@ class _Chunk:
     start: int
     rows: int
     keep: np.ndarray | None  # positions of non-null rows when nulls become zero vectors
-    tokens: Any
+    tokens: RowTokens  # the sequences of the embedded rows (several windows for a long row with chunking)
     batches: list
     null_rows: int
+    ids: Any = None  # the chunk's id column (one per row), when the job has one
+
+    def truncated_positions(self) -> np.ndarray:
+        """Positions within the chunk of the rows cut at the max length."""
+        cut = np.nonzero(self.tokens.truncated)[0]
+        return cut if self.keep is None else self.keep[cut]
 
 
 class _Failure:
@@ -57,11 +67,12 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _read_and_tokenize(corpus: Corpus, embedder: Embedder, kind: str, instruction: str | None, batching: dict,
-                       start_row: int, out_q: queue.Queue, stop: threading.Event) -> None:
-    """Reader stage: stream chunks, apply the null policy, tokenise, make the padded batches, queue."""
+def _read_and_tokenize(corpus: Corpus, embedder: Embedder, encoder: RowEncoder, batching: dict,
+                       start_row: int, out_q: queue.Queue, stop: threading.Event, id_column: str | None) -> None:
+    """Reader stage: stream chunks (with their ids), apply the null policy, tokenise, make the padded batches,
+    queue."""
     try:
-        for start, values in iter_chunks(corpus, batching["chunk_rows"], start_row):
+        for start, values, ids in iter_chunks_with_ids(corpus, batching["chunk_rows"], start_row, id_column):
             if stop.is_set():
                 return
             nulls = [i for i, v in enumerate(values) if v is None]
@@ -78,9 +89,9 @@ def _read_and_tokenize(corpus: Corpus, embedder: Embedder, kind: str, instructio
                 else:
                     keep = np.array([i for i, v in enumerate(values) if v is not None], dtype=np.int64)
                     texts = [values[i] for i in keep]
-            tokens = embedder.tokenize(texts, kind, instruction)
-            batches = embedder.make_batches(tokens, batching["token_budget"], batching["max_batch_rows"])
-            if not _put(out_q, _Chunk(start, len(values), keep, tokens, batches, len(nulls)), stop):
+            tokens = encoder.encode(texts)
+            batches = embedder.make_batches(tokens.sequences, batching["token_budget"], batching["max_batch_rows"])
+            if not _put(out_q, _Chunk(start, len(values), keep, tokens, batches, len(nulls), ids), stop):
                 return
         _put(out_q, _DONE, stop)
     except BaseException as exc:  # handed to the main thread, which re-raises it
@@ -103,25 +114,31 @@ def _write(writer: VectorWriter, in_q: queue.Queue, failure: list) -> None:
 
 def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
                  normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool,
-                 encode=None) -> dict:
+                 encoder: RowEncoder | None = None, encode=None, ids: IdColumn | None = None) -> dict:
     """Run reader, inference (this thread) and writer until every row is committed; returns run counters.
 
-    ``encode`` (optional) turns a float32 block into ``(stored block, sidecar record or None)``, e.g.
-    :meth:`lusifer.runtime.compact.Quantizer.encode`; without it blocks are cast to ``dtype``.
+    ``encoder`` turns rows into sequences (default: one per row, truncated at the embedder's max length; see
+    :mod:`lusifer.runtime.chunking` for windows). ``encode`` (optional) turns a float32 block of row vectors
+    into ``(stored block, sidecar record or None)``, e.g. :meth:`lusifer.runtime.compact.Quantizer.encode`;
+    without it blocks are cast to ``dtype``. ``ids``: the job's id column, read with each chunk so that
+    truncated rows are listed by id too.
     """
     from tqdm.auto import tqdm
 
+    encoder = encoder or RowEncoder(embedder.tokenizer, kind, instruction, None)
+    tally = TruncationTally.from_progress(writer.progress, embedder.max_length)
     stop = threading.Event()
     tokens_q: queue.Queue = queue.Queue(maxsize=_QUEUE_CHUNKS)
     blocks_q: queue.Queue = queue.Queue(maxsize=_QUEUE_CHUNKS)
     write_failure: list = []
     reader = threading.Thread(
         target=_read_and_tokenize, name="lusifer-reader", daemon=True,
-        args=(data, embedder, kind, instruction, batching, start_row, tokens_q, stop),
+        args=(data, embedder, encoder, batching, start_row, tokens_q, stop, ids.name if ids is not None else None),
     )
     writer_thread = threading.Thread(target=_write, name="lusifer-writer", daemon=True,
                                      args=(writer, blocks_q, write_failure))
     counters = {"rows": 0, "tokens": 0, "padded": 0}
+    bar_scale = [1.0, 0.0, 0]  # rows per sequence of the current chunk, rows due on the bar, rows shown
     # where the span goes (inference thread): running batches, waiting for tokens, and the tail after the
     # last batch (committing the last chunk); handoff_s = blocked handing finished chunks to the writer;
     # first_batch_s = start to the first finished batch
@@ -132,10 +149,12 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
     last_postfix = [0.0]
 
     def on_batch(rows: int, tokens: int, padded: int) -> None:
-        counters["rows"] += rows
         counters["tokens"] += tokens
         counters["padded"] += padded
-        bar.update(rows)
+        bar_scale[1] += rows * bar_scale[0]  # with windows, a batch of sequences is a fraction of the rows
+        if int(bar_scale[1]) > bar_scale[2]:
+            bar.update(int(bar_scale[1]) - bar_scale[2])
+            bar_scale[2] = int(bar_scale[1])
         now = time.perf_counter()
         if timing["first_batch_s"] is None:
             timing["first_batch_s"] = now - t0
@@ -163,14 +182,17 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
             if isinstance(item, _Failure):
                 raise item.exc
             tokens_before, padded_before = counters["tokens"], counters["padded"]
+            sequences = len(item.tokens.sequences)
+            bar_scale[:] = [len(item.tokens) / sequences if sequences else 0.0, 0.0, 0]
             t_infer = time.perf_counter()
-            emb = embedder.run_batches(item.batches, len(item.tokens), on_batch)
+            emb = embedder.run_batches(item.batches, sequences, on_batch)
             timing["infer_s"] += time.perf_counter() - t_infer
+            emb = pool_rows(emb, item.tokens, normalize)
+            bar.update(item.rows - bar_scale[2])  # the rest of the chunk, null rows included
+            counters["rows"] += item.rows
             if item.keep is not None:
                 block = np.zeros((item.rows, embedder.dim), dtype=np.float32)
                 block[item.keep] = emb
-                counters["rows"] += item.rows - len(item.keep)
-                bar.update(item.rows - len(item.keep))
             else:
                 block = emb
             if normalize:
@@ -180,10 +202,14 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
             stats = {
                 "tokens": counters["tokens"] - tokens_before,
                 "padded_tokens": counters["padded"] - padded_before,
-                "truncated": int(item.tokens.truncated.sum()),
+                "truncated": tally.add(item.start, item.truncated_positions(), item.ids),
                 "null_rows": item.null_rows,
                 "seconds": round(elapsed - last_elapsed, 6),
+                "windowed_rows": item.tokens.windowed_rows,
+                "windows": item.tokens.windows,
+                **tally.progress_fields(),  # lists: replaced at each commit, not added
             }
+            tally.maybe_warn(item.start + item.rows)
             last_elapsed = elapsed
             run_update = {
                 "rows": counters["rows"], "seconds": round(elapsed, 3),

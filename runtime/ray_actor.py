@@ -7,20 +7,17 @@ row identity never depends on the order in which Ray Data delivers results.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from lusifer.runtime.chunking import ChunkSettings, RowEncoder, pool_rows
 from lusifer.runtime.compact import quantize
 from lusifer.runtime.corpus import open_parquet
-from lusifer.runtime.embedder import Embedder, l2_normalize
+from lusifer.runtime.embedder import Embedder
 from lusifer.runtime.errors import CorpusError, ExportFolderError
-
-# Test hook: a path whose file, while it exists, names a shard index; the first actor call on that shard
-# creates ``<path>.done`` and kills its own process (``os._exit``) once, to prove that work is retried.
-CRASH_PLAN_ENV = "LUSIFER_RAY_TEST_CRASH_PLAN"
+from lusifer.vectors import l2_normalize
 
 
 def read_slice(path: str, column: str, row_groups: list[int], start: int, stop: int) -> list:
@@ -62,16 +59,6 @@ def read_slice(path: str, column: str, row_groups: list[int], start: int, stop: 
     return values
 
 
-def _maybe_crash(shard: int) -> None:
-    plan = os.environ.get(CRASH_PLAN_ENV)
-    if not plan or not Path(plan).is_file():
-        return
-    done = Path(plan + ".done")
-    if Path(plan).read_text().strip() == str(shard) and not done.exists():
-        done.write_text(str(os.getpid()))
-        os._exit(1)
-
-
 class EmbedActor:
     """Ray Data ``map_batches`` callable: loads an :class:`Embedder` once, then embeds work items.
 
@@ -83,14 +70,17 @@ class EmbedActor:
         variant: ONNX variant name.
         threads: CPU intra-op threads of this actor.
         options: ``column``, ``kind``, ``instruction``, ``normalize``, ``on_null``, ``dtype``,
-            ``token_budget``, ``max_batch_rows``.
+            ``token_budget``, ``max_batch_rows``, ``max_length``, ``chunk_tokens``, ``chunk_overlap``.
     """
 
     def __init__(self, shards: list, model_dir: str, model_sha256: str, device: str, variant: str, threads: int,
                  options: dict):
         self.shards = shards
         self.options = options
-        self.embedder = Embedder(model_dir, device=device, variant=variant, threads=threads)
+        self.embedder = Embedder(model_dir, device=device, variant=variant, threads=threads,
+                                 max_length=options.get("max_length"))
+        self.encoder = RowEncoder(self.embedder.tokenizer, options["kind"], options["instruction"],
+                                  ChunkSettings.from_options(options.get("chunk_tokens"), options.get("chunk_overlap")))
         if self.embedder.model_sha256 != model_sha256:
             raise ExportFolderError(
                 f"the export folder {model_dir!r} on this node has model sha256 {self.embedder.model_sha256}, "
@@ -98,18 +88,26 @@ class EmbedActor:
             )
 
     def __call__(self, batch: dict) -> dict:
-        shard_ids, rows, vectors = [], [], []
+        shard_ids, rows, vectors, truncated, windows = [], [], [], [], []
         for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
             shard, start, stop = int(shard), int(start), int(stop)
-            _maybe_crash(shard)
-            vectors.append(self.embed_rows(shard, start, stop))
+            block, cut, count = self.embed_rows(shard, start, stop)
+            vectors.append(block)
+            truncated.append(cut)
+            windows.append(count)
             shard_ids.append(np.full(stop - start, shard, dtype=np.int64))
             rows.append(np.arange(start, stop, dtype=np.int64))
         return {"shard": np.concatenate(shard_ids), "row": np.concatenate(rows),
-                "vector": np.concatenate(vectors, axis=0)}
+                "vector": np.concatenate(vectors, axis=0), "truncated": np.concatenate(truncated),
+                "windows": np.concatenate(windows)}
 
-    def embed_rows(self, shard: int, start: int, stop: int) -> np.ndarray:
-        """Embed rows ``start:stop`` of shard ``shard``; nulls handled as the single-process pipeline does."""
+    def embed_rows(self, shard: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Embed rows ``start:stop`` of shard ``shard``; nulls handled as the single-process pipeline does.
+
+        Returns:
+            The vectors (output dtype), whether each row was cut at the max length, and each row's sequence
+            count (windows with chunking; 1 otherwise, 0 for a null written as a zero vector).
+        """
         o = self.options
         path, groups = self.shards[shard]
         values = read_slice(path, o["column"], groups, start, stop)
@@ -127,13 +125,18 @@ class EmbedActor:
             else:
                 keep = np.array([i for i, v in enumerate(values) if v is not None], dtype=np.int64)
                 texts = [values[i] for i in keep]
-        emb = self.embedder.embed_tokens(self.embedder.tokenize(texts, o["kind"], o["instruction"]),
-                                         o["token_budget"], o["max_batch_rows"])
+        tokens = self.encoder.encode(texts)
+        emb = self.embedder.embed_tokens(tokens.sequences, o["token_budget"], o["max_batch_rows"])
+        emb = pool_rows(emb, tokens, o["normalize"])
+        counts = np.ones(len(texts), dtype=np.int64) if tokens.first is None else np.diff(tokens.first)
+        truncated = np.zeros(len(values), dtype=bool)
+        windows = np.zeros(len(values), dtype=np.int64)
         if keep is not None:
             block = np.zeros((len(values), self.embedder.dim), dtype=np.float32)
             block[keep] = emb
+            truncated[keep], windows[keep] = tokens.truncated, counts
         else:
-            block = emb
+            block, truncated[:], windows[:] = emb, tokens.truncated, counts
         if o["normalize"]:
             block = l2_normalize(block)
-        return quantize(block, o["dtype"], o.get("ranges"))
+        return quantize(block, o["dtype"], o.get("ranges")), truncated, windows

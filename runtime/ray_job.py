@@ -6,6 +6,8 @@ folder), then plans work items, each a row range of one shard. A Ray Data pipeli
 of actors (one GPU each, or CPU actors); every output row carries its shard index and row number, and the
 driver places it into that shard's memory-mapped output. Ray Data's own ``read_parquet`` is not used: its
 blocks carry no row position within a file and may arrive in any order, so row identity would be lost.
+GPU actors get ``RAYON_NUM_THREADS=4`` in their ``runtime_env`` (:func:`~lusifer.runtime.tokenize.cuda_tokenizer_env`,
+unless the driver's environment sets it); the driver's own environment is not changed.
 Actors are created with ``max_restarts=-1`` and ``max_task_retries=-1``: a work item whose actor dies is run
 again on the restarted actor. Output files and ``manifest.json`` are written by the driver only (see
 :mod:`lusifer.runtime.ray_output`), so only the driver needs the output folder; the corpus and export folder
@@ -25,6 +27,7 @@ import numpy as np
 
 from lusifer.extras import require
 from lusifer.prompts import check_kind
+from lusifer.runtime.chunking import ChunkSettings, RowEncoder
 from lusifer.runtime.compact import calibrate, check_dtype, needs_calibration
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
@@ -36,9 +39,12 @@ from lusifer.runtime.embedder import (
 )
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
-from lusifer.runtime.ray_actor import EmbedActor
+from lusifer.runtime.lengths import TruncationTally, describe_rows
+from lusifer.runtime.ids import shard_ids_at
 from lusifer.runtime.outputs import OUTPUT_FORMATS, QUANTIZATION_KEY, finish_shard, prepare_ids, quantizer_for
+from lusifer.runtime.ray_actor import EmbedActor
 from lusifer.runtime.ray_output import MANIFEST_NAME, ShardOutputs
+from lusifer.runtime.tokenize import TextTokenizer, cuda_tokenizer_env
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,14 @@ class RaySummary:
     gpus_per_actor: int
     variant: str
     model_sha256: str
+    max_length: int = 0
+    truncated: int = 0  # rows cut at the max length, over all complete shards
+    truncated_rows: list[int] | None = None  # corpus positions of the first of them
+    truncated_ids: list[Any] | None = None  # their ids, when the job has an id column
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    windowed_rows: int = 0
+    windows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,11 +83,19 @@ class RaySummary:
         """One paragraph for the terminal."""
         if not self.shards_embedded:
             return f"{self.out_dir}: all {self.shards} shard(s) already complete ({self.rows} rows); nothing to do"
+        lengths = f"truncated at max length: {self.truncated} row(s)"
+        if self.truncated and self.truncated_rows:
+            lengths += f" ({describe_rows(self.truncated, self.truncated_rows, self.truncated_ids)})"
+        lengths += f" [max length {self.max_length} tokens]"
+        if self.chunk_tokens:
+            lengths += (f"; split into windows of {self.chunk_tokens} text tokens (overlap {self.chunk_overlap}): "
+                        f"{self.windowed_rows} row(s), {self.windows} window(s)")
         return (
             f"wrote {self.shards_embedded} shard(s) to {self.out_dir} ({self.shards_skipped} already complete): "
             f"{self.rows} rows x {self.dim} {self.dtype} in all\n"
             f"{self.rows_this_run} rows in {self.seconds:.1f} s: {self.rows_per_s:.1f} rows/s on "
-            f"{self.num_actors} actor(s) ({'1 GPU' if self.gpus_per_actor else 'CPU'} each), variant {self.variant}"
+            f"{self.num_actors} actor(s) ({'1 GPU' if self.gpus_per_actor else 'CPU'} each), variant {self.variant}\n"
+            f"{lengths}"
         )
 
 
@@ -127,6 +149,9 @@ def embed_corpus_ray(
     output_format: str = "npy",
     id_column: str | None = None,
     unique_ids: bool = False,
+    max_length: int | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
 ) -> RaySummary:
     """Embed a parquet corpus on a Ray cluster into ``out_dir/<shard-stem>.npy`` (row i = shard row i).
 
@@ -153,6 +178,8 @@ def embed_corpus_ray(
         id_column, unique_ids: As :func:`embed_corpus` (per shard: ``<stem>.npy.ids.parquet`` or the ``id``
             column). ``int8`` / ``uint8`` are calibrated on the first work item of the corpus (up to
             ``rows_per_task`` rows of the first non-empty shard) before the other work starts.
+        max_length, chunk_tokens, chunk_overlap: As :func:`embed_corpus` (part of the output's identity: a
+            rerun must give the same values).
 
     Returns:
         A :class:`RaySummary`.
@@ -179,17 +206,22 @@ def embed_corpus_ray(
         raise ValueError(f"instruction={instruction!r} must be a string or None")
     resolved_instruction = instruction if instruction is not None else (
         manifest.default_query_instruction if kind == "query" else manifest.default_document_instruction)
+    chunk = ChunkSettings.from_options(chunk_tokens, chunk_overlap)
+    tokenizer = TextTokenizer(export.tokenizer_path, manifest, max_length)  # checks max_length
+    RowEncoder(tokenizer, kind, resolved_instruction, chunk)  # checks the lengths against the prompt
     options = {
         "column": column, "kind": kind, "instruction": resolved_instruction,
         "normalize": manifest.normalize if normalize is None else bool(normalize), "on_null": on_null,
         "dtype": dtype, "token_budget": token_budget or DEFAULT_TOKEN_BUDGET[device_kind],
         "max_batch_rows": max_batch_rows or DEFAULT_MAX_BATCH_ROWS[device_kind],
+        "max_length": tokenizer.max_length, "chunk_tokens": chunk.tokens if chunk else None,
+        "chunk_overlap": chunk.overlap if chunk else None,
     }
     identity = {
         "dim": manifest.embedding_dim, "dtype": dtype,
         "model": {"sha256": export.model_sha256, "variant": export.variant, "files": export.checksums},
-        "options": {k: options[k] for k in ("column", "kind", "instruction", "normalize", "on_null")}
-        | {"max_length": manifest.max_length},
+        "options": {k: options[k] for k in ("column", "kind", "instruction", "normalize", "on_null", "max_length",
+                                            "chunk_tokens", "chunk_overlap")},
     }
     if manifest.variants[export.variant].quantization in ONE_ROW_PER_PASS_QUANTIZATIONS:
         # as in lusifer-embed's output: shards of an older, batched INT8 run must not be resumed
@@ -208,6 +240,8 @@ def embed_corpus_ray(
         finish_shard(staging, dest, data.shards[i], ids, quantizer, manifest.embedding_dim, export.model_sha256)
 
     outputs.finish_shard = finish
+    if ids is not None:
+        outputs.ids_at = lambda i, rows: shard_ids_at(data.shards[i], ids, rows)
     rows_per_task = rows_per_task or DEFAULT_WINDOW_ROWS[device_kind]
     for i in [i for i in outputs.todo if data.shards[i].rows == 0]:
         outputs.finish_empty(i)
@@ -215,10 +249,11 @@ def embed_corpus_ray(
     skipped = len(data.shards) - len(outputs.todo)
     base = {"out_dir": str(out_dir), "shards": len(data.shards), "shards_skipped": skipped, "rows": data.rows,
             "dim": manifest.embedding_dim, "dtype": dtype, "gpus_per_actor": num_gpus_per_actor,
-            "variant": export.variant, "model_sha256": export.model_sha256}
+            "variant": export.variant, "model_sha256": export.model_sha256, "max_length": options["max_length"],
+            "chunk_tokens": options["chunk_tokens"], "chunk_overlap": options["chunk_overlap"]}
     if not todo:
         summary = RaySummary(shards_embedded=len(outputs.todo), rows_this_run=0, seconds=0.0, rows_per_s=0.0,
-                             num_actors=0, **base)
+                             num_actors=0, **outputs.length_totals(), **base)
         outputs.close(summary.to_dict())
         return summary
 
@@ -256,6 +291,17 @@ def _embed_error_in(exc: BaseException) -> EmbedError | None:
     return None
 
 
+def actor_environment(gpus: int) -> dict:
+    """Extra Ray options of the embedding actors: GPU actors cap their tokenizer pool through ``runtime_env``.
+
+    Returns:
+        ``{"runtime_env": {"env_vars": {"RAYON_NUM_THREADS": "4"}}}`` for GPU actors (unless the driver's
+        environment sets ``RAYON_NUM_THREADS``), else ``{}``.
+    """
+    env = cuda_tokenizer_env() if gpus else {}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 def _embed_dataset(ray, work: list[dict], shards, model_dir, export, options, num_actors, gpus, cpus):
     """The Ray Data pipeline that embeds ``work`` items on an actor pool."""
     return ray.data.from_items(work, override_num_blocks=len(work)).map_batches(
@@ -270,6 +316,7 @@ def _embed_dataset(ray, work: list[dict], shards, model_dir, export, options, nu
         num_gpus=gpus,
         max_restarts=-1,
         max_task_retries=-1,
+        **actor_environment(gpus),
     )
 
 
@@ -307,12 +354,18 @@ def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num
     ds = _embed_dataset(ray, work, shards, model_dir, export, options, num_actors, gpus, cpus)
     rows_total = sum(data.shards[i].rows for i in todo)
     done_rows = 0
+    tally = TruncationTally(max_length=options["max_length"])  # this run's rows, for the warning
+    shard_base = np.concatenate([[0], np.cumsum([s.rows for s in data.shards])[:-1]]).astype(np.int64)
     t0 = time.perf_counter()
     bar = tqdm(total=rows_total, unit="row", desc="embed (ray)", disable=not progress, dynamic_ncols=True)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            outputs.add(batch["shard"], batch["row"], batch["vector"])
+            outputs.add(batch["shard"], batch["row"], batch["vector"], batch["truncated"], batch["windows"])
             done_rows += len(batch["row"])
+            cut = batch["truncated"]
+            if cut.any():  # corpus positions, for the warning (the summary lists them from the manifest)
+                tally.add(0, np.sort(shard_base[batch["shard"][cut]] + batch["row"][cut]))
+                tally.maybe_warn(done_rows)
             bar.update(len(batch["row"]))
     except Exception as exc:
         cause = _embed_error_in(exc)
@@ -330,7 +383,8 @@ def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num
     if missing:
         raise RuntimeError(f"the Ray job ended with shard(s) {missing} incomplete; rerun to finish them")
     summary = RaySummary(shards_embedded=len(outputs.todo), rows_this_run=done_rows, seconds=round(seconds, 3),
-                         rows_per_s=round(done_rows / seconds, 2) if seconds else 0.0, num_actors=num_actors, **base)
+                         rows_per_s=round(done_rows / seconds, 2) if seconds else 0.0, num_actors=num_actors,
+                         **outputs.length_totals(), **base)
     outputs.close(summary.to_dict())
     logger.info("manifest: %s", outputs.out_dir / MANIFEST_NAME)
     return summary

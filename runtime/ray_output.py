@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lusifer.atomic import replace_file, write_json_atomic
 from lusifer.runtime.compact import storage_dtype, storage_width
 from lusifer.runtime.corpus import Shard
 from lusifer.runtime.errors import OutputError
+from lusifer.runtime.lengths import TRUNCATED_LISTED
 from lusifer.runtime.parquet_writer import is_complete_parquet
-from lusifer.runtime.writer import _fsync_dir, identity_differences, ids_path, write_json_atomic
+from lusifer.runtime.writer import identity_differences, ids_path, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +98,11 @@ class ShardOutputs:
         self.dim = storage_width(identity["dtype"], identity["dim"])  # stored values per row
         self.dtype = storage_dtype(identity["dtype"])
         self._open: dict[int, tuple[np.memmap, np.ndarray]] = {}
+        self._lengths: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per open shard: truncated, windows per row
         # finish(i, staging, dest): puts shard i's complete staging .npy in place (see lusifer.runtime.outputs)
         self.finish_shard = None
+        # ids_at(i, rows): the ids of rows of shard i, to list truncated rows by id (set when the job has ids)
+        self.ids_at = None
 
     @classmethod
     def open(cls, out_dir: str | os.PathLike, identity: dict, shards: list[Shard], overwrite: bool,
@@ -131,6 +136,8 @@ class ShardOutputs:
             if not done:
                 todo.append(i)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name in [*names, MANIFEST_NAME]:  # temporary files of lusifer.atomic that a killed run left
+            remove_stale_temps(out_dir / name)
         if overwrite:
             for name in names:
                 (out_dir / name).unlink(missing_ok=True)
@@ -151,7 +158,7 @@ class ShardOutputs:
         return outputs
 
     def save(self) -> None:
-        write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest)
+        write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest, sort_keys=True)
 
     def _partial(self, i: int) -> Path:
         return self.out_dir / f".{self.manifest['shards'][i]['output']}.partial"
@@ -161,10 +168,17 @@ class ShardOutputs:
         entry = self.manifest["shards"][i]
         mm = np.lib.format.open_memmap(self._partial(i), mode="w+", dtype=self.dtype, shape=(entry["rows"], self.dim))
         self._open[i] = (mm, np.zeros(entry["rows"], dtype=bool))
+        self._lengths[i] = (np.zeros(entry["rows"], dtype=bool), np.ones(entry["rows"], dtype=np.int64))
         entry["status"] = SHARD_RUNNING
 
-    def add(self, shard: np.ndarray, row: np.ndarray, vector: np.ndarray) -> list[int]:
-        """Place vectors at their (shard, row); returns the shards completed by this call."""
+    def add(self, shard: np.ndarray, row: np.ndarray, vector: np.ndarray, truncated: np.ndarray | None = None,
+            windows: np.ndarray | None = None) -> list[int]:
+        """Place vectors at their (shard, row); returns the shards completed by this call.
+
+        ``truncated`` (rows cut at the max length) and ``windows`` (sequences per row) are recorded in the
+        shard's manifest entry when it completes: ``truncated``, ``truncated_rows`` (the first few rows of the
+        shard), ``windowed_rows`` and ``windows``.
+        """
         finished = []
         for i in np.unique(shard):
             i = int(i)
@@ -176,6 +190,11 @@ class ShardOutputs:
             mm, seen = self._open[i]
             mm[row[sel]] = vector[sel]
             seen[row[sel]] = True
+            cut, counts = self._lengths[i]
+            if truncated is not None:
+                cut[row[sel]] = truncated[sel]
+            if windows is not None:
+                counts[row[sel]] = windows[sel]
             if seen.all():
                 self._finish(i)
                 finished.append(i)
@@ -186,11 +205,17 @@ class ShardOutputs:
         mm.flush()
         del mm
         entry = self.manifest["shards"][i]
+        cut, counts = self._lengths.pop(i)
+        rows = np.nonzero(cut)[0]
+        listed = rows[:TRUNCATED_LISTED].tolist()
+        entry.update(truncated=int(len(rows)), truncated_rows=listed,
+                     windowed_rows=int((counts > 1).sum()), windows=int(counts[counts > 1].sum()))
+        if self.ids_at is not None and listed:
+            entry["truncated_ids"] = self.ids_at(i, listed)
         if self.finish_shard is not None:
             self.finish_shard(i, self._partial(i), self.out_dir / entry["output"])
         else:
-            os.replace(self._partial(i), self.out_dir / entry["output"])
-        _fsync_dir(self.out_dir)
+            replace_file(self._partial(i), self.out_dir / entry["output"])
         entry["status"] = SHARD_COMPLETE
         self.save()
 
@@ -204,7 +229,27 @@ class ShardOutputs:
         for mm, _ in self._open.values():
             mm.flush()
         self._open.clear()
+        self._lengths.clear()
         incomplete = [e["output"] for e in self.manifest["shards"] if e["status"] != SHARD_COMPLETE]
         self.manifest["status"] = "complete" if not incomplete else "in_progress"
         self.manifest["runs"][-1].update(summary)
         self.save()
+
+    def length_totals(self) -> dict:
+        """Over the complete shards: truncated rows (count, first few corpus positions and, with ids, their
+        ids) and windows."""
+        totals = {"truncated": 0, "truncated_rows": [], "truncated_ids": [], "windowed_rows": 0, "windows": 0}
+        base = 0
+        for entry in self.manifest["shards"]:
+            if entry["status"] == SHARD_COMPLETE:
+                totals["truncated"] += entry.get("truncated", 0)
+                totals["windowed_rows"] += entry.get("windowed_rows", 0)
+                totals["windows"] += entry.get("windows", 0)
+                room = max(TRUNCATED_LISTED - len(totals["truncated_rows"]), 0)
+                listed = entry.get("truncated_rows", [])[:room]
+                totals["truncated_rows"] += [base + r for r in listed]
+                totals["truncated_ids"] += entry.get("truncated_ids", [])[:len(listed)]
+            base += entry["rows"]
+        if not totals["truncated_ids"] or len(totals["truncated_ids"]) != len(totals["truncated_rows"]):
+            totals["truncated_ids"] = None  # no ids (or none listed)
+        return totals

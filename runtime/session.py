@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -21,9 +22,18 @@ CPU_PROVIDER = "CPUExecutionProvider"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 # ONNX Runtime 1.31 runs MultiHeadAttention (graphs exported with --fp16-fusions all) on cuDNN SDPA on Hopper,
 # which cost a third of the throughput on real length-mixed batches: lusifer-small on an H200, 200k rows,
-# model-only 235,807 tokens/s with cuDNN vs 359,773 with this variable at 0 (the memory-efficient kernel; the
-# default --fp16-fusions norm graph: 362,390; benchmarks/results/h200/gpu_small_200k_e2e_attention.md).
+# model-only 235,807 tokens/s with cuDNN vs 359,773 with ORT_ENABLE_CUDNN_FLASH_ATTENTION=0 (the memory-efficient
+# kernel; the default --fp16-fusions norm graph: 362,390; benchmarks/results/h200/gpu_small_200k_e2e_attention.md).
+# CUDA sessions therefore get the provider option ``sdpa_kernel`` (a bit mask of the attention kernels ONNX Runtime
+# may use; AttentionBackend in onnxruntime/contrib_ops/cpu/bert/attention_common.h) with every kernel that
+# ONNX Runtime enables by default except cuDNN's, unless the user set the variable, which then decides.
 CUDNN_ATTENTION_ENV = "ORT_ENABLE_CUDNN_FLASH_ATTENTION"
+SDPA_FLASH, SDPA_EFFICIENT, SDPA_TRT_FUSED, SDPA_CUDNN, SDPA_MATH = 1, 2, 4, 8, 16
+SDPA_TRT_FLASH, SDPA_TRT_CROSS, SDPA_TRT_CAUSAL, SDPA_LEAN, SDPA_DECODER = 32, 64, 128, 256, 512
+# ONNX Runtime's defaults (no sdpa_kernel, no variables set), less cuDNN: TRT causal and lean attention are off
+# by default too
+SDPA_KERNELS_WITHOUT_CUDNN = (SDPA_FLASH | SDPA_EFFICIENT | SDPA_TRT_FUSED | SDPA_MATH | SDPA_TRT_FLASH
+                              | SDPA_TRT_CROSS | SDPA_DECODER)
 
 
 @dataclass(frozen=True)
@@ -102,26 +112,32 @@ def session_options(device: Device, threads: int | None) -> ort.SessionOptions:
     return opts
 
 
+def cuda_provider_options(device: Device, environ: Mapping[str, str] = os.environ) -> dict:
+    """Options of the CUDA execution provider for ``device``.
+
+    - ``device_id``: the CUDA device.
+    - ``arena_extend_strategy=kSameAsRequested``: the memory arena grows by what a batch needs, not by doubling.
+    - ``sdpa_kernel``: the attention kernels ``MultiHeadAttention`` may use, :data:`SDPA_KERNELS_WITHOUT_CUDNN`
+      (ONNX Runtime's default set less cuDNN SDPA, which was a third slower on Hopper; see the note on
+      :data:`CUDNN_ATTENTION_ENV`). Left out when the user set ``ORT_ENABLE_CUDNN_FLASH_ATTENTION`` (read, never
+      written), so that ONNX Runtime follows the variable; ``sdpa_kernel`` also takes precedence over ONNX
+      Runtime's other attention variables (``ORT_DISABLE_FLASH_ATTENTION``...), which setting
+      ``ORT_ENABLE_CUDNN_FLASH_ATTENTION`` (to 0 or 1) brings back into force. With ``sdpa_kernel`` set, ONNX Runtime also drops its
+      minimum sequence lengths for flash attention on packed QKV and for fp32 memory-efficient attention; the
+      fp16 graphs of ``lusifer-export`` pass query, key and value separately, and the fp32 graph has no fused
+      attention, so neither applies.
+    """
+    options = {"device_id": device.index, "arena_extend_strategy": "kSameAsRequested"}
+    if not environ.get(CUDNN_ATTENTION_ENV):
+        options["sdpa_kernel"] = SDPA_KERNELS_WITHOUT_CUDNN
+    return options
+
+
 def providers_for(device: Device) -> list:
     """The provider list for a device (CUDA first with the CPU provider for the few nodes CUDA lacks)."""
     if device.kind == "cuda":
-        cuda_options = {"device_id": device.index, "arena_extend_strategy": "kSameAsRequested"}
-        return [(CUDA_PROVIDER, cuda_options), CPU_PROVIDER]
+        return [(CUDA_PROVIDER, cuda_provider_options(device)), CPU_PROVIDER]
     return [CPU_PROVIDER]
-
-
-def avoid_cudnn_attention(environ=os.environ) -> str:
-    """Switch ONNX Runtime's cuDNN attention off unless the user set ``ORT_ENABLE_CUDNN_FLASH_ATTENTION``.
-
-    ONNX Runtime reads the variable when a CUDA session first builds an attention kernel, so this acts on
-    sessions created afterwards. Graphs without ``MultiHeadAttention`` are not affected.
-
-    Returns:
-        The value the variable now has.
-    """
-    if not environ.get(CUDNN_ATTENTION_ENV):
-        environ[CUDNN_ATTENTION_ENV] = "0"
-    return environ[CUDNN_ATTENTION_ENV]
 
 
 def create_session(graph_path: str | os.PathLike, device: Device, threads: int | None = None) -> ort.InferenceSession:
@@ -133,8 +149,6 @@ def create_session(graph_path: str | os.PathLike, device: Device, threads: int |
             libraries, driver mismatch...): never a silent CPU fallback.
     """
     opts = session_options(device, threads)
-    if device.kind == "cuda":
-        logger.debug("%s=%s", CUDNN_ATTENTION_ENV, avoid_cudnn_attention())
     try:
         session = ort.InferenceSession(str(graph_path), sess_options=opts, providers=providers_for(device))
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)

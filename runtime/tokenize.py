@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -13,27 +13,38 @@ from tokenizers import Tokenizer
 from lusifer.onnx_interface import ExportManifest
 from lusifer.prompts import check_kind, format_texts
 from lusifer.runtime.errors import ExportFolderError
+from lusifer.runtime.lengths import resolve_max_length
 
 
 # Threads of the tokenizer's Rust (rayon) pool when the model runs on CUDA. With every core tokenising, the
 # pool competed with the thread that launches the CUDA kernels: lusifer-small on an H200, 200k rows, the model
 # calls took 20.9 s vs 18.6 s model-only (86.8% end to end); with 4 threads 18.1 s vs 17.4 s and the reader
-# still ahead (93.9%; benchmarks/results/h200/gpu_small_200k_e2e*.md).
+# still ahead (93.9%; gpu_small_200k_e2e_rayon4.md, in the git history of benchmarks/results/h200/).
 CUDA_TOKENIZER_THREADS = 4
 
 
-def cap_tokenizer_threads(threads: int = CUDA_TOKENIZER_THREADS, environ=os.environ) -> str:
-    """Cap the tokenizer's thread pool at ``threads`` unless the user set ``RAYON_NUM_THREADS``.
+TOKENIZER_THREADS_ENV = "RAYON_NUM_THREADS"
 
-    The pool reads ``RAYON_NUM_THREADS`` when it starts, at the first parallel ``encode_batch`` of the process,
-    so this acts only if nothing was tokenised in parallel before (the case of a ``lusifer-embed`` run).
+
+def cuda_tokenizer_env(threads: int = CUDA_TOKENIZER_THREADS, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment setting that caps the tokenizer's thread pool for a run on CUDA; never sets it itself.
+
+    The Rust pool of ``tokenizers`` reads ``RAYON_NUM_THREADS`` once, when it starts (at the first parallel
+    ``encode_batch`` of the process), and has no other setting. So the caller that owns the process applies it
+    before anything is tokenised: ``lusifer-embed`` (``os.environ.update``) and the Ray job (the GPU actors'
+    ``runtime_env``). A library user of :class:`~lusifer.runtime.Embedder` on CUDA can do the same.
+
+    Args:
+        threads: The cap (at most the CPU count).
+        environ: The environment to read (the process's by default).
 
     Returns:
-        The value ``RAYON_NUM_THREADS`` now has.
+        ``{"RAYON_NUM_THREADS": "<n>"}``, or ``{}`` when ``RAYON_NUM_THREADS`` is already set (the user's
+        choice wins).
     """
-    if not environ.get("RAYON_NUM_THREADS"):
-        environ["RAYON_NUM_THREADS"] = str(max(1, min(threads, os.cpu_count() or 1)))
-    return environ["RAYON_NUM_THREADS"]
+    if environ.get(TOKENIZER_THREADS_ENV):
+        return {}
+    return {TOKENIZER_THREADS_ENV: str(max(1, min(threads, os.cpu_count() or 1)))}
 
 
 @dataclass
@@ -64,24 +75,28 @@ class TokenizedTexts:
 class TextTokenizer:
     """Formats texts with the export's prompt templates and tokenises them like ``LusiferModel.tokenize``.
 
-    Truncation is at ``manifest.max_length`` (special tokens included, right side); special tokens come from
-    the tokenizer's post-processor. No padding here: batches are padded by :mod:`lusifer.runtime.batching`.
+    Truncation is at ``max_length`` (special tokens included, right side; default ``manifest.max_length``);
+    special tokens come from the tokenizer's post-processor. No padding here: batches are padded by
+    :mod:`lusifer.runtime.batching`.
 
     Args:
         tokenizer_path: The export's ``tokenizer.json``.
         manifest: The export manifest (templates, default instructions, max_length).
+        max_length: Most tokens per text, at most the manifest's (see
+            :func:`~lusifer.runtime.lengths.resolve_max_length`); ``None`` = the manifest's.
     """
 
-    def __init__(self, tokenizer_path: str | os.PathLike, manifest: ExportManifest):
+    def __init__(self, tokenizer_path: str | os.PathLike, manifest: ExportManifest, max_length: int | None = None):
+        max_length = resolve_max_length(max_length, manifest.max_length)
         try:
             tok = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
             raise ExportFolderError(f"cannot load tokenizer {str(tokenizer_path)!r}: {exc}") from exc
         tok.no_padding()
-        tok.enable_truncation(manifest.max_length, stride=0, strategy="longest_first", direction="right")
+        tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
         self.tokenizer = tok
         self.manifest = manifest
-        self.max_length = manifest.max_length
+        self.max_length = max_length
 
     def resolve_instruction(self, kind: str, instruction: str | None) -> str:
         """The instruction used for ``kind``: the given one, else the export's default ("" = none)."""

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from lusifer.atomic import fsync_dir, replace_file, write_json_atomic
 from lusifer.runtime.compact import OUTPUT_DTYPES, storage_dtype
 from lusifer.runtime.errors import OutputError
 
@@ -63,37 +64,12 @@ def output_files(out: str | os.PathLike) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file, fsync it, and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def remove_stale_temps(out: str | os.PathLike) -> None:
-    """Remove temp files a killed run left beside ``out`` (``.<name>.<pid>.tmp`` of :func:`write_json_atomic`
-    and of the ids file)."""
+    """Remove the temporary files a killed run left beside ``out``: the hidden ``.<name>.<pid>.<random>.partial``
+    files of :mod:`lusifer.atomic` through which the output, its sidecar and its ids file are written."""
     out = Path(out)
-    for path in (sidecar_path(out), ids_path(out)):
-        for tmp in out.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for path in (out, sidecar_path(out), ids_path(out)):
+        for tmp in out.parent.glob(f".{glob.escape(path.name)}.[0-9]*.partial"):
             tmp.unlink(missing_ok=True)
 
 
@@ -220,7 +196,7 @@ class VectorWriter:
             "runs": [{**run, "start_row": 0}],
         }
         writer = cls(out, sidecar, header)
-        write_json_atomic(sidecar_path(out), sidecar)
+        write_json_atomic(sidecar_path(out), sidecar, sort_keys=True)
         return writer
 
     @classmethod
@@ -260,7 +236,7 @@ class VectorWriter:
         sidecar = dict(previous)
         sidecar["runs"] = list(previous.get("runs", [])) + [{**run, "start_row": done}]
         writer = cls(out, sidecar, header)
-        write_json_atomic(sidecar_path(out), sidecar)
+        write_json_atomic(sidecar_path(out), sidecar, sort_keys=True)
         logger.info("resuming %s at row %d of %d", out, done, rows)
         return writer
 
@@ -282,7 +258,8 @@ class VectorWriter:
         Args:
             start: First row; must equal ``completed_rows`` (chunks are committed in order).
             block: ``(rows, dim)`` values (cast to the output dtype).
-            stats: Counters to add to the sidecar's progress (tokens, truncated, ...).
+            stats: Counters to add to the sidecar's progress (tokens, truncated, ...); a list value replaces
+                the stored one (e.g. the first truncated rows).
             run_update: Fields to set on this run's entry in ``runs`` (rows, seconds, rates).
             record: Top-level sidecar fields to set with this chunk (e.g. the int8 calibration of chunk 0).
         """
@@ -299,13 +276,13 @@ class VectorWriter:
             window.flush()
             del window
         progress = self.sidecar["progress"]
-        for key, value in stats.items():
-            progress[key] = progress.get(key, 0) + value
+        for key, value in stats.items():  # counters are added; lists (rows listed so far) replace
+            progress[key] = value if isinstance(value, list) else progress.get(key, 0) + value
         progress["completed_rows"] = start + n
         progress["chunks"] = progress.get("chunks", 0) + 1
         self.sidecar["runs"][-1].update(run_update)
         self.sidecar.update(record or {})
-        write_json_atomic(sidecar_path(self.out), self.sidecar)
+        write_json_atomic(sidecar_path(self.out), self.sidecar, sort_keys=True)
 
     def finalize(self, summary: dict[str, Any], finish=None) -> Path:
         """Put the complete output in place and mark the sidecar complete.
@@ -322,11 +299,11 @@ class VectorWriter:
                 finish(self)
             if self.partial.exists() and self.partial != self.out:
                 if self.out.suffix == ".npy":
-                    os.replace(self.partial, self.out)
+                    replace_file(self.partial, self.out)
                 else:  # a parquet output was written from the staging file
                     self.partial.unlink()
-            _fsync_dir(self.out.parent)
+                    fsync_dir(self.out.parent)
         self.sidecar["status"] = STATUS_COMPLETE
         self.sidecar["summary"] = summary
-        write_json_atomic(sidecar_path(self.out), self.sidecar)
+        write_json_atomic(sidecar_path(self.out), self.sidecar, sort_keys=True)
         return self.out

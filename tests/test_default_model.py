@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.test_runtime_support import BLOCK_TORCH
 from lusifer.runtime.default_model import DEFAULT_MODEL_VERSION
+from lusifer.vectors import row_cosines
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["The cat sleeps on the warm windowsill.", "El gato duerme en la ventana.", "Кошка спит.", "猫在睡觉。"]
@@ -89,12 +89,6 @@ def tiny_release(tmp_path_factory):
     return {"root": root, "base": root / "base", "weights": weights, "checksums": checksums, "reference": reference}
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
-
-
 def test_build_merges_lora_and_exports_matching_embeddings(tiny_release, tmp_path):
     """Strict load + merge + export of the committed-weight layout: the export embeds like the unmerged model."""
     from lusifer.runtime.embedder import Embedder
@@ -111,7 +105,7 @@ def test_build_merges_lora_and_exports_matching_embeddings(tiny_release, tmp_pat
     assert info["merge"]["stage2"]["merged"] == ["encoder", "llm"]
     assert info["merge"]["stage2"]["min_cosine"] > 0.9999
     got = Embedder(out, device="cpu", variant="fp32").embed(TEXTS, kind="document")
-    assert _cosines(got, tiny_release["reference"]).min() > 0.9999
+    assert row_cosines(got, tiny_release["reference"]).min() > 0.9999
     # no staging folders left; a second call reuses the export without rebuilding
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".export.staging")) == []
     mtime = (out / "manifest.json").stat().st_mtime_ns
@@ -129,7 +123,7 @@ def _copy_weights(tiny_release, dest: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_missing_or_corrupt_weight_file_is_named(tiny_release, tmp_path, damage):
-    from lusifer.runtime.default_model import DefaultModelBuildError
+    from lusifer.default_model import BuildError
     from lusifer.train.lusifer_small import STAGE2_FILE, build_lusifer_small
 
     weights = _copy_weights(tiny_release, tmp_path / "weights")
@@ -141,7 +135,7 @@ def test_missing_or_corrupt_weight_file_is_named(tiny_release, tmp_path, damage)
         data[-10] ^= 0xFF
         file.write_bytes(bytes(data))
     out = tmp_path / "cache" / "export"
-    with pytest.raises(DefaultModelBuildError, match=STAGE2_FILE) as info:
+    with pytest.raises(BuildError, match=STAGE2_FILE) as info:
         build_lusifer_small(out, weights=weights, base_dir=tiny_release["base"], checksums=tiny_release["checksums"],
                             progress=False)
     assert ("missing" if damage == "missing" else "sha256") in str(info.value)
@@ -152,7 +146,7 @@ def test_missing_or_corrupt_weight_file_is_named(tiny_release, tmp_path, damage)
 def test_weight_file_with_wrong_keys_fails_strictly(tiny_release, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from lusifer.runtime.default_model import DefaultModelBuildError
+    from lusifer.default_model import BuildError
     from lusifer.train.lusifer_small import STAGE1_FILE, build_lusifer_small
 
     weights = _copy_weights(tiny_release, tmp_path / "weights")
@@ -161,7 +155,7 @@ def test_weight_file_with_wrong_keys_fails_strictly(tiny_release, tmp_path):
     save_file(state, str(weights / STAGE1_FILE))
     checksums = dict(tiny_release["checksums"], **{STAGE1_FILE: _sha(weights / STAGE1_FILE)})
     out = tmp_path / "cache" / "export"
-    with pytest.raises(DefaultModelBuildError, match=rf"{STAGE1_FILE}.*1 missing key"):
+    with pytest.raises(BuildError, match=rf"{STAGE1_FILE}.*1 missing key"):
         build_lusifer_small(out, weights=weights, base_dir=tiny_release["base"], checksums=checksums, progress=False)
     assert not out.exists()
 

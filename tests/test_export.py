@@ -22,6 +22,7 @@ from lusifer.export.validation_texts import LANGUAGES
 
 from lusifer import LusiferModel
 from lusifer.onnx_interface import MANIFEST_NAME, MIN_COSINE, ExportManifest
+from lusifer.vectors import row_cosines
 
 # each decoder family once, each encoder at least once
 PAIRS = [("xlm-roberta", "llama"), ("bert", "mistral"), ("xlm-roberta", "qwen2")]
@@ -80,10 +81,6 @@ def left_pad(ids: np.ndarray, mask: np.ndarray, pad: int, extra: int = 0):
     return out_ids, out_mask
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
 def test_onnx_matches_pytorch(fp32_exports, models, pair):
     """New texts, batch sizes 1 and 8, queries with an instruction: ORT equals PyTorch fp32."""
@@ -96,7 +93,7 @@ def test_onnx_matches_pytorch(fp32_exports, models, pair):
         want = model.encode(texts, kind="query", instruction=INSTRUCTION, normalize=False, batch_size=3)
         assert got.dtype == np.float32 and got.shape == (len(texts), manifest.embedding_dim)
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
-        assert cosines(got, want).min() >= MIN_COSINE["fp32"]
+        assert row_cosines(got, want).min() >= MIN_COSINE["fp32"]
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
@@ -111,7 +108,7 @@ def test_onnx_attention_is_bidirectional(fp32_exports, models, pair):
     to_causal = np.abs(got - causal).max()
     assert to_bidirectional < 1e-5
     assert to_causal > 1e-3 and to_causal > 100 * to_bidirectional
-    assert cosines(got, bidirectional).min() >= MIN_COSINE["fp32"]
+    assert row_cosines(got, bidirectional).min() >= MIN_COSINE["fp32"]
     assert ExportManifest.load(folder).variants["fp32"].parity["bidirectional_verified"] is True
 
 
@@ -202,7 +199,7 @@ def test_int8_variant_runs_within_its_floor(fp32_exports, models):
     enc = model.tokenize(MULTILINGUAL_TEXTS)
     got = ort_embed(folder, enc["input_ids"].numpy(), enc["attention_mask"].numpy(), file=info.file)
     want = model.encode(MULTILINGUAL_TEXTS, normalize=False)
-    assert cosines(got, want).min() >= MIN_COSINE["int8"]
+    assert row_cosines(got, want).min() >= MIN_COSINE["int8"]
 
 
 NO_TORCH_EMBED = """
@@ -252,7 +249,6 @@ def test_export_folder_is_self_contained_without_torch(fp32_exports, models, tmp
     assert proc.returncode == 0, proc.stderr
     want = models(pair).encode(MULTILINGUAL_TEXTS, kind="query", instruction=INSTRUCTION, normalize=False)
     np.testing.assert_allclose(np.load(out), want, atol=1e-5, rtol=1e-4)
-
 
 
 @pytest.mark.parametrize("pair", PAIRS[:2], ids=lambda p: "-".join(p))

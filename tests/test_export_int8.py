@@ -29,7 +29,8 @@ from lusifer.export.quantize import (
     prepare_int8,
     score_units,
 )
-from lusifer.export.validate import calibration_batches, row_cosines
+from lusifer.export.validate import calibration_batches
+from lusifer.vectors import row_cosines
 
 from lusifer import LusiferModel
 

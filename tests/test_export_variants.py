@@ -18,6 +18,7 @@ from lusifer.export.manifest import sha256_file
 
 from lusifer import LusiferModel
 from lusifer.onnx_interface import MANIFEST_NAME, MIN_COSINE, ExportManifest
+from lusifer.vectors import row_cosines
 
 PAIR = ("bert", "qwen2")  # Qwen2 has attention biases; BERT has absolute positions from 0
 
@@ -68,10 +69,6 @@ def run(path: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return emb
 
 
-def cosines(a, b):
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def test_fp16_and_int8_variants_validate(fp16_export, model):
     folder, manifest, _ = fp16_export
     assert set(manifest.variants) == {"fp16", "int8"}
@@ -86,7 +83,7 @@ def test_fp16_and_int8_variants_validate(fp16_export, model):
     for info in (fp16, int8):
         got = run(folder / info.file, enc["input_ids"].numpy(), enc["attention_mask"].numpy())
         assert got.dtype == np.float32
-        assert cosines(got, want).min() >= info.parity["tolerance_min_cosine"]
+        assert row_cosines(got, want).min() >= info.parity["tolerance_min_cosine"]
 
 
 def test_external_data_files_are_listed_and_checksummed(fp16_export):
@@ -226,7 +223,7 @@ def test_fp16_graph_on_cuda_matches_pytorch(fp16_export, model):
     (got,) = session.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
     want = model.encode(MULTILINGUAL_TEXTS, kind="query", instruction="Find the same sentence", normalize=False)
     assert got.dtype == np.float32
-    assert cosines(got, want).min() >= MIN_COSINE["fp16"]
+    assert row_cosines(got, want).min() >= MIN_COSINE["fp16"]
 
 
 def test_fused_fp16_graph_is_bidirectional_and_padding_side_invariant(fp16_export, model):
@@ -249,7 +246,7 @@ def test_fused_fp16_graph_is_bidirectional_and_padding_side_invariant(fp16_expor
         left_ids[i, width - k:] = ids[i, :k].numpy()
         left_mask[i, width - k:] = 1
     left = run(path, left_ids, left_mask)
-    assert cosines(left, got).min() >= MIN_COSINE["fp16"]
+    assert row_cosines(left, got).min() >= MIN_COSINE["fp16"]
     np.testing.assert_allclose(left, got, atol=2 * to_bidirectional + 1e-4)
 
 

@@ -19,6 +19,7 @@ from lusifer.tiny import build_tiny_decoder
 from lusifer.train.config import ConfigError, Stage1Config, Stage2Config
 from lusifer.train.stage1 import Stage1Task
 from lusifer.train.stage2 import Stage2Task
+from lusifer.vectors import row_cosines
 
 PAIRS = [{"query": f"which {t}?", "positive": f"the {t} is here", "negatives": [f"no {t}"], "instruction": "Find it"}
          for t in ["apple", "car", "house", "boat", "shirt", "door", "lamp", "cup"]]
@@ -116,10 +117,6 @@ def pipeline(base_llm, tmp_path_factory):
     return {"dir": tmp, "run": tmp / "run", "merged": tmp / "merged", "export": tmp / "export"}
 
 
-def _cos(a, b):
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def test_training_and_merge(pipeline, base_llm):
     metrics = [json.loads(line) for line in (pipeline["run"] / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 6 and all(np.isfinite(m["loss"]) for m in metrics)
@@ -132,7 +129,7 @@ def test_training_and_merge(pipeline, base_llm):
     start = LusiferModel.from_config(LusiferConfig(architecture="llm-only", llm_path=str(base_llm), max_length=32))
     m = merged.encode(MULTILINGUAL_TEXTS, kind="query", instruction=INSTRUCTION, normalize=False)
     s = start.encode(MULTILINGUAL_TEXTS, kind="query", instruction=INSTRUCTION, normalize=False)
-    assert _cos(m, s).min() < 0.999  # the LoRA trained and was merged into the LLM
+    assert row_cosines(m, s).min() < 0.999  # the LoRA trained and was merged into the LLM
 
 
 def test_export_is_self_contained_with_the_llm_tokenizer(pipeline):
@@ -167,7 +164,7 @@ def test_runtime_embeds_like_the_model(pipeline, tmp_path):
     for kind in ("query", "document"):
         ours = embedder.embed(MULTILINGUAL_TEXTS, kind=kind, instruction=INSTRUCTION)
         theirs = model.encode(MULTILINGUAL_TEXTS, kind=kind, instruction=INSTRUCTION)
-        assert _cos(ours, theirs).min() > 0.9999
+        assert row_cosines(ours, theirs).min() > 0.9999
     corpus = write_parquet(tmp_path / "corpus.parquet", MULTILINGUAL_TEXTS * 3)
     out = tmp_path / "vectors.npy"
     result = CliRunner().invoke(embed_cli, [str(corpus), "--out", str(out), "--model", str(pipeline["export"]),
@@ -175,7 +172,7 @@ def test_runtime_embeds_like_the_model(pipeline, tmp_path):
     assert result.exit_code == 0, result.output
     vectors = np.load(out)
     assert vectors.shape == (len(MULTILINGUAL_TEXTS) * 3, model.config.embedding_dim)
-    assert _cos(vectors, np.tile(model.encode(MULTILINGUAL_TEXTS, kind="document"), (3, 1))).min() > 0.9999
+    assert row_cosines(vectors, np.tile(model.encode(MULTILINGUAL_TEXTS, kind="document"), (3, 1))).min() > 0.9999
 
 
 def test_evaluation_of_export_and_model(pipeline, suite_dir, tmp_path):  # noqa: F811

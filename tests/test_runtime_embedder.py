@@ -79,28 +79,61 @@ def test_warmup_runs_one_full_budget_batch(embedder, monkeypatch):
     assert shapes[-1] == (1, 5)
 
 
-def test_cuda_caps_the_tokenizer_pool_unless_the_user_set_it():
-    from lusifer.runtime.tokenize import cap_tokenizer_threads
+def test_cuda_tokenizer_cap_is_computed_not_applied():
+    """The cap of the tokenizer pool for CUDA runs is a setting for the entry point to apply; a user's value wins."""
+    from lusifer.runtime.tokenize import cuda_tokenizer_env
 
-    env: dict = {}
-    assert cap_tokenizer_threads(4, env) == env["RAYON_NUM_THREADS"] == str(min(4, os.cpu_count() or 1))
-    env = {"RAYON_NUM_THREADS": "12"}
-    assert cap_tokenizer_threads(4, env) == "12"
+    assert cuda_tokenizer_env(4, {}) == {"RAYON_NUM_THREADS": str(min(4, os.cpu_count() or 1))}
+    assert cuda_tokenizer_env(4, {"RAYON_NUM_THREADS": "12"}) == {}
 
 
-def test_cuda_switches_cudnn_attention_off_unless_the_user_set_it(monkeypatch):
+def test_lusifer_embed_applies_the_tokenizer_cap_on_cuda_only(monkeypatch):
+    from lusifer.runtime import cli
+    from lusifer.runtime.errors import DeviceError
+    from lusifer.runtime.session import Device
+
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    assert cli.apply_process_settings("cpu") == {} and "RAYON_NUM_THREADS" not in os.environ
+    monkeypatch.setattr(cli, "resolve_device", lambda device: Device("cuda"))
+    settings = cli.apply_process_settings("cuda")
+    assert settings == {"RAYON_NUM_THREADS": str(min(4, os.cpu_count() or 1))}
+    assert os.environ["RAYON_NUM_THREADS"] == settings["RAYON_NUM_THREADS"]
+    monkeypatch.undo()
+    with pytest.raises(DeviceError, match="cuda:x"):
+        cli.apply_process_settings("cuda:x")
+
+
+def test_ray_gpu_actors_get_the_tokenizer_cap_in_their_runtime_env(monkeypatch):
+    from lusifer.runtime.ray_job import actor_environment
+
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    assert actor_environment(0) == {}
+    assert actor_environment(1) == {"runtime_env": {"env_vars": {"RAYON_NUM_THREADS": str(min(4, os.cpu_count() or 1))}}}
+    monkeypatch.setenv("RAYON_NUM_THREADS", "7")
+    assert actor_environment(1) == {}
+
+
+def test_cuda_sessions_leave_cudnn_attention_out_unless_the_user_set_it(monkeypatch):
+    """CUDA sessions get ``sdpa_kernel`` without cuDNN (a provider option, no environment variable written);
+    with ``ORT_ENABLE_CUDNN_FLASH_ATTENTION`` set by the user, ONNX Runtime follows the variable."""
     from lusifer.runtime import session as session_mod
 
-    env: dict = {}
-    assert session_mod.avoid_cudnn_attention(env) == env["ORT_ENABLE_CUDNN_FLASH_ATTENTION"] == "0"
-    assert session_mod.avoid_cudnn_attention({"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "1"}) == "1"
-    calls = []
-    monkeypatch.setattr(session_mod, "avoid_cudnn_attention", lambda: calls.append(1) or "0")
-    monkeypatch.setattr(session_mod.ort, "InferenceSession", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    cuda = session_mod.Device("cuda", 1)
+    options = session_mod.cuda_provider_options(cuda, {})
+    assert options == {"device_id": 1, "arena_extend_strategy": "kSameAsRequested", "sdpa_kernel": 631}
+    assert not options["sdpa_kernel"] & session_mod.SDPA_CUDNN
+    assert "sdpa_kernel" not in session_mod.cuda_provider_options(cuda, {"ORT_ENABLE_CUDNN_FLASH_ATTENTION": "1"})
+    monkeypatch.delenv("ORT_ENABLE_CUDNN_FLASH_ATTENTION", raising=False)
+    seen = []
+    monkeypatch.setattr(session_mod.ort, "InferenceSession",
+                        lambda *a, **k: seen.append(k["providers"]) or (_ for _ in ()).throw(RuntimeError("stop")))
     for kind in ("cpu", "cuda"):
         with pytest.raises(Exception, match="stop"):
             session_mod.create_session("graph.onnx", session_mod.Device(kind))
-    assert calls == [1]  # on CUDA only
+    assert seen[0] == ["CPUExecutionProvider"]
+    assert seen[1][0] == ("CUDAExecutionProvider", session_mod.cuda_provider_options(session_mod.Device("cuda"), {}))
+    assert "ORT_ENABLE_CUDNN_FLASH_ATTENTION" not in os.environ
+
 
 def test_cuda_sessions_get_one_non_spinning_intra_op_thread_unless_asked():
     """On CUDA the CPU thread pool only computes shape nodes: one thread, no spinning workers competing with the
@@ -253,6 +286,8 @@ def test_cuda_fp16_matches_cpu_fp32(tiny_factory, tiny_export, tmp_path):
     fp16 = export_tiny(tiny_factory(), tmp_path / "fp16", dtype="fp16")
     gpu = Embedder(fp16, device="cuda")
     assert gpu.provider == "CUDAExecutionProvider" and gpu.variant == "fp16"
+    if not os.environ.get("ORT_ENABLE_CUDNN_FLASH_ATTENTION"):  # the provider option reached ONNX Runtime
+        assert gpu.session.get_provider_options()["CUDAExecutionProvider"]["sdpa_kernel"] == "631"
     cpu = Embedder(tiny_export, device="cpu")
     texts = MULTILINGUAL_TEXTS + corpus_texts(200)
     a, b = gpu.embed(texts, kind="document"), cpu.embed(texts, kind="document")

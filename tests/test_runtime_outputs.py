@@ -252,7 +252,7 @@ def test_kill_mid_run_then_resume_gives_identical_files(tiny_export, corpus, tmp
     assert state["status"] == "in_progress" and 32 <= state["progress"]["completed_rows"] < N
     assert state["quantization"]["calibration_rows"] == 16  # calibrated on chunk 0, stored with it
     assert not out.exists()
-    Path(run_dir / f".{name}.json.99999.tmp").write_text("{")  # as a kill during a sidecar update leaves
+    Path(run_dir / f".{name}.json.99999.0a1b2c3d.partial").write_text("{")  # as a kill during a sidecar update leaves
     resumed = CliRunner().invoke(main, [str(corpus), "--out", str(out), "--model", str(tiny_export), "--resume",
                                         "--dtype", dtype, "--id-column", "key", "--no-progress", "--device", "cpu"],
                                  catch_exceptions=False)
@@ -272,8 +272,10 @@ def test_resume_after_a_kill_during_the_parquet_conversion(tiny_export, corpus, 
     embed_corpus(corpus, ref, tiny_export, device="cpu", id_column="doc_id", progress=False)
     out = tmp_path / "v.parquet"
 
+    left = tmp_path / ".v.parquet.99999.0a1b2c3d.partial"  # the temporary file of a killed conversion
+
     def killed(staging, dest, *args, **kwargs):
-        Path(str(dest) + ".partial").write_bytes(b"half a file")
+        left.write_bytes(b"half a file")
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
@@ -284,5 +286,5 @@ def test_resume_after_a_kill_during_the_parquet_conversion(tiny_export, corpus, 
     summary = embed_corpus(corpus, out, tiny_export, device="cpu", id_column="doc_id", resume=True, progress=False)
     assert summary.rows_this_run == 0 and summary.resumed_from == N
     assert out.read_bytes() == ref.read_bytes()
-    assert not Path(str(out) + ".staging.npy").exists() and not Path(str(out) + ".partial").exists()
+    assert not Path(str(out) + ".staging.npy").exists() and not left.exists()
     assert json.loads(Path(str(out) + ".json").read_text())["status"] == "complete"

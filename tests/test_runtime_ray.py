@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from test_runtime_support import corpus_texts, run_python, write_parquet
 
-from lusifer.runtime import CorpusError, OutputError, embed_corpus
+from lusifer.runtime import CorpusError, OptionError, OutputError, embed_corpus
 from lusifer.runtime.cli import main
-from lusifer.runtime.ray_actor import CRASH_PLAN_ENV
+from lusifer.runtime.ray_actor import EmbedActor
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 from lusifer.runtime.ray_job import embed_corpus_ray
@@ -25,24 +25,29 @@ BOUNDS = [0, 37, 38, 38, 120, 161]  # shards of 37, 1, 0, 82 and 41 rows
 
 
 @pytest.fixture(scope="module")
-def crash_plan(tmp_path_factory) -> Path:
-    """Where the crash test writes its plan; the env var reaches every Ray worker started by the fixture."""
-    return tmp_path_factory.mktemp("ray-crash") / "plan"
-
-
-@pytest.fixture(scope="module")
-def local_ray(crash_plan):
+def local_ray():
     if ray.is_initialized():
         ray.shutdown()
-    old = os.environ.get(CRASH_PLAN_ENV)
-    os.environ[CRASH_PLAN_ENV] = str(crash_plan)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
-    if old is None:
-        os.environ.pop(CRASH_PLAN_ENV, None)
-    else:
-        os.environ[CRASH_PLAN_ENV] = old
+
+
+def actor_that_dies_once(shard: int, marker: Path) -> type:
+    """An :class:`EmbedActor` whose process exits (``os._exit``) on its first work item of ``shard``.
+
+    Defined in a function, so Ray ships the class by value to its workers; ``marker`` (created just before the
+    exit) makes the crash happen once across actor restarts and tells the test that an actor really died.
+    """
+
+    class DiesOnce(EmbedActor):
+        def __call__(self, batch: dict) -> dict:
+            if shard in {int(s) for s in batch["shard"]} and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().__call__(batch)
+
+    return DiesOnce
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +97,13 @@ def test_ray_matches_single_process_and_reruns_skip(local_ray, tiny_export, shar
     np.testing.assert_allclose(_concat(out), reference, atol=1e-6)
 
 
-def test_killed_actor_work_is_retried(local_ray, tiny_export, shard_folder, reference, crash_plan, tmp_path):
-    crash_plan.write_text("3")  # the 82-row shard
-    try:
-        embed_corpus_ray(shard_folder, tmp_path / "out", tiny_export, num_actors=1, rows_per_task=32,
-                         progress=False)
-    finally:
-        crash_plan.unlink()
-    assert Path(str(crash_plan) + ".done").exists()  # an actor really died
+def test_killed_actor_work_is_retried(local_ray, tiny_export, shard_folder, reference, tmp_path, monkeypatch):
+    from lusifer.runtime import ray_job
+
+    marker = tmp_path / "actor-died"
+    monkeypatch.setattr(ray_job, "EmbedActor", actor_that_dies_once(3, marker))  # the 82-row shard
+    embed_corpus_ray(shard_folder, tmp_path / "out", tiny_export, num_actors=1, rows_per_task=32, progress=False)
+    assert marker.exists()  # an actor really died
     np.testing.assert_allclose(_concat(tmp_path / "out"), reference, atol=1e-6)
 
 
@@ -169,6 +173,31 @@ def test_int8_shards_are_one_row_per_pass_and_marked_so(local_ray, tiny_factory,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity"]["batching"] == {"one_row_per_pass": True}
     np.testing.assert_array_equal(_concat(out), np.load(single))
+
+
+def test_length_options_on_ray_match_the_single_process_job(local_ray, tiny_export, shard_folder, tmp_path):
+    """--max-length and --chunk-tokens give the single-process vectors; truncated rows are listed in corpus order."""
+    single = tmp_path / "single.npy"
+    cut = embed_corpus(shard_folder, single, tiny_export, device="cpu", progress=False, max_length=24)
+    out = tmp_path / "cut"
+    summary = embed_corpus_ray(shard_folder, out, tiny_export, num_actors=2, rows_per_task=16, progress=False,
+                               max_length=24)
+    np.testing.assert_allclose(_concat(out), np.load(single), atol=1e-6)
+    assert summary.truncated == cut.truncated > 0 and summary.truncated_rows == cut.truncated_rows
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity"]["options"]["max_length"] == 24
+    assert sum(e["truncated"] for e in manifest["shards"]) == cut.truncated
+    with pytest.raises(OutputError, match="options.max_length: was 24, now 64"):
+        embed_corpus_ray(shard_folder, out, tiny_export, progress=False)
+    chunked = embed_corpus(shard_folder, tmp_path / "chunked.npy", tiny_export, device="cpu", progress=False,
+                           chunk_tokens=20, chunk_overlap=3)
+    summary = embed_corpus_ray(shard_folder, tmp_path / "windows", tiny_export, num_actors=2, rows_per_task=16,
+                               progress=False, chunk_tokens=20, chunk_overlap=3)
+    np.testing.assert_allclose(_concat(tmp_path / "windows"), np.load(tmp_path / "chunked.npy"), atol=1e-6)
+    assert summary.windows == chunked.windows > 2 * summary.windowed_rows > 0 and summary.truncated == 0
+    assert "split into windows of 20 text tokens (overlap 3)" in summary.format()
+    with pytest.raises(OptionError, match="max_length=65 is outside 1..64"):
+        embed_corpus_ray(shard_folder, tmp_path / "bad", tiny_export, max_length=65, address="ray://nowhere:1")
 
 
 def test_without_ray_the_cli_says_which_extra_to_install(tiny_export, shard_folder, tmp_path):

@@ -1,8 +1,18 @@
 """Checkpoints resume exactly: a run killed after a checkpoint and resumed ends with the same weights,
-optimizer state and metrics as an uninterrupted run (dropout on, gradient accumulation, GradCache)."""
+optimizer state and metrics as an uninterrupted run (dropout on, gradient accumulation, GradCache).
+
+The kill test runs ``lusifer-train`` in child processes and ends one with SIGKILL between two checkpoints; the
+in-process test interrupts a run with an exception from the ``on_step_end`` callback.
+"""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,7 +61,7 @@ def _configs(stage, tiny_model_dir, tmp_path):
     return Stage2Config, train_stage2, common
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+@pytest.mark.parametrize("stage", ["stage1"])  # stage 2: the SIGKILL test below
 def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, tmp_path, stage):
     cls, train, common = _configs(stage, tiny_model_dir, tmp_path)
     straight = train(cls(output_dir=str(tmp_path / "straight"), **common))
@@ -78,6 +88,93 @@ def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, tmp_path, stage
     log_a = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     log_b = [json.loads(line) for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in log_b] == [1, 2, 3, 4, 5, 6]  # the lost step 5 is logged once
+    assert [m["loss"] for m in log_b] == pytest.approx([m["loss"] for m in log_a], rel=1e-6)
+
+
+# ``lusifer-train`` in a child process. With PAUSE_AT set, the stage's run_training is wrapped (here, in the test
+# child, not in the library) so that after that optimizer step (and any checkpoint before it) the child writes
+# MARKER and waits to be killed.
+TRAIN_CHILD = """
+import os, sys, time
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+stage, pause_at, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+if pause_at:
+    import importlib
+
+    module = importlib.import_module(f"lusifer.train.{stage}")
+    run = module.run_training
+
+    def run_until_killed(task, config, on_step_end=None):
+        def step_end(step, metrics):
+            if step == pause_at:
+                marker.write_text(str(os.getpid()))
+                time.sleep(600)
+        return run(task, config, step_end)
+
+    module.run_training = run_until_killed
+from lusifer.train.cli import main
+
+main(sys.argv[4:], prog_name="lusifer-train")
+"""
+
+
+def _train_child(stage: str, config: Path, out: Path, *extra: str, pause_at: int = 0,
+                 marker: Path | None = None) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-c", TRAIN_CHILD, stage, str(pause_at), str(marker or out / "unused"),
+            stage, "--config", str(config), "--output-dir", str(out), *extra]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_run_killed_between_checkpoints_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+    """``lusifer-train stage2`` killed with SIGKILL after step 5 (checkpoints at steps 2 and 4), then rerun with
+    ``--resume``, ends with the weights, optimizer state and logged losses of an uninterrupted run."""
+    _, _, common = _configs("stage2", tiny_model_dir, tmp_path)
+    config = tmp_path / "stage2.json"
+    config.write_text(json.dumps(common))
+    marker = tmp_path / "paused-at-step-5"
+    straight = _train_child("stage2", config, tmp_path / "straight")  # both runs side by side
+    killed = _train_child("stage2", config, tmp_path / "killed", pause_at=5, marker=marker)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if killed.poll() is not None:
+            pytest.fail(f"the run ended before step 5: {killed.communicate()[0]}")
+        if time.monotonic() > deadline:
+            killed.kill()
+            pytest.fail("the run did not reach step 5 in 300 s")
+        time.sleep(0.05)
+    assert [s for s, _ in list_checkpoints(tmp_path / "killed")] == [2, 4]  # step 5 is done but not saved
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "final.json").exists()
+
+    _finish(_train_child("stage2", config, tmp_path / "killed", "--resume"))
+    _finish(straight)
+    a_dir, b_dir = (json.loads((tmp_path / run / "final.json").read_text())["checkpoint"]
+                    for run in ("straight", "killed"))
+    a = load_file(Path(a_dir) / "weights.safetensors")
+    b = load_file(Path(b_dir) / "weights.safetensors")
+    assert a.keys() == b.keys() and any("lora" in k for k in a)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-7, msg=name)
+    opt_a = torch.load(Path(a_dir) / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(Path(b_dir) / "optimizer.pt", weights_only=True)
+    for i, state in opt_a["state"].items():
+        torch.testing.assert_close(opt_b["state"][i]["exp_avg"], state["exp_avg"], rtol=0, atol=1e-7)
+    log_a = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in log_b] == [1, 2, 3, 4, 5, 6]  # step 5, logged before the kill, is logged once
     assert [m["loss"] for m in log_b] == pytest.approx([m["loss"] for m in log_a], rel=1e-6)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from lusifer.atomic import atomic_path, replace_file
 from lusifer.checksums import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def fetch(source: Source | str, cache_dir: str | os.PathLike | None = None) -> P
             raise SourceError(
                 f"{source.filename} has sha256 {got}, expected {source.sha256}: the registry served different bytes"
             )
-        os.replace(got_file, final)
+        replace_file(got_file, final)
     logger.info("downloaded %s %s -> %s", source.name, source.version, final)
     return final
 
@@ -239,15 +240,13 @@ def extract_zip_member(archive: Path, member: str, dest: Path) -> Path:
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
     with zipfile.ZipFile(archive) as zf:
         try:
             info = zf.getinfo(member)
         except KeyError as exc:
             raise SourceError(f"{archive.name} has no member {member!r}") from exc
-        with zf.open(info) as src, open(tmp, "wb") as out:
+        with atomic_path(dest, durable=False) as tmp, zf.open(info) as src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out, length=1 << 20)
-    os.replace(tmp, dest)
     return dest
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lusifer._version import __version__
+from lusifer.atomic import write_text_atomic
 from lusifer.modeling import LusiferModel
 from lusifer.train.batching import MicroBatches
 from lusifer.train.checkpoint import (
@@ -332,6 +333,6 @@ def _train(task: Task, config: TrainConfig, ctx: DistContext, on_step_end) -> Tr
     if ctx.is_main:
         final = {"stage": task.name, "step": step, "checkpoint": str(final_checkpoint), **outputs,
                  "metrics": last}
-        (run_dir / FINAL_FILE).write_text(json.dumps(final, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(run_dir / FINAL_FILE, json.dumps(final, indent=2) + "\n")  # whole or absent
     ctx.barrier()
     return TrainResult(run_dir, final_checkpoint, step, last, outputs)

@@ -10,6 +10,9 @@ Recipe (as trained, see ``models/lusifer-small/README.md``):
    (LoRA + connector) loaded strictly; merged (embeddings checked against the unmerged model);
 4. ``save_pretrained`` then :func:`lusifer.export.export_model` (CPU: fp32; CUDA: fp16).
 
+This is the builder the runtime calls for the default model (:data:`lusifer.default_model.BUILDER`, looked up
+by :func:`lusifer.runtime.default_model.load_builder`); it raises :class:`lusifer.default_model.BuildError`.
+
 Everything happens in a staging folder beside the output; the export is renamed into place only when
 complete, under a file lock, so concurrent or interrupted builds never leave a folder that looks finished.
 """
@@ -17,7 +20,6 @@ complete, under a file lock, so concurrent or interrupted builds never leave a f
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -28,15 +30,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lusifer.atomic import write_json_atomic
 from lusifer.checksums import sha256_file as _sha256
 from lusifer.config import LusiferConfig
+from lusifer.default_model import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION, MANIFEST_FILE, BuildError, weights_dir
 from lusifer.modeling import LusiferModel
-from lusifer.runtime.default_model import (
-    DEFAULT_MODEL_NAME,
-    DEFAULT_MODEL_VERSION,
-    MANIFEST_FILE,
-    DefaultModelBuildError,
-)
 from lusifer.train.config import ENCODER_LORA_TARGETS, LLM_LORA_TARGETS
 from lusifer.train.lora import apply_lora
 from lusifer.train.merge import merge_model
@@ -57,9 +55,8 @@ MODEL_FIELDS = ("connector_hidden", "num_learnable_tokens", "max_length", "proje
                 "pooling", "attn_implementation", "normalize")
 OWN_PREFIXES = ("connector.", "projection.")
 # CPU: fp32 only. With the first weights the INT8 graph missed the export's INT8 tolerance (min cosine 0.966 < 0.98,
-# 2026-11-25); with the 700-step weights it passes (0.9876) and drifts +0.5 points on the dev suite, but
-# quantising took 8 minutes on a 2-core CPU for a 1.2-1.3x speed-up there, too slow for a first-use build
-# (benchmarks/results/cpu_small_int8.md). `lusifer-export --quantize int8` makes it for those who want it.
+# 2026-11-25); with the 700-step weights it passes (0.9876), but quantising took minutes on a 2-core CPU for a
+# 1.24x speed-up there, too slow for a first-use build (benchmarks/results/cpu/cpu_small_20k_ort_rowwise.md). `lusifer-export --quantize int8` makes it for those who want it.
 EXPORT_OPTIONS = {"cpu": {"dtype": "fp32", "quantize": None}, "cuda": {"dtype": "fp16", "quantize": None}}
 BUILD_INFO = "build.json"
 
@@ -70,10 +67,10 @@ def verify_weight_files(weights: Path, checksums: dict[str, str]) -> dict[str, P
     for name, expected in checksums.items():
         path = weights / name
         if not path.is_file():
-            raise DefaultModelBuildError(f"weight file {path} is missing (expected in the weights folder {weights})")
+            raise BuildError(f"weight file {path} is missing (expected in the weights folder {weights})")
         actual = _sha256(path)
         if actual != expected:
-            raise DefaultModelBuildError(
+            raise BuildError(
                 f"weight file {path} is corrupt or not the recorded version: sha256 {actual}, expected {expected}"
             )
         files[name] = path
@@ -86,14 +83,14 @@ def read_model_fields(weights: Path) -> dict:
 
     recipe = weights / RECIPE_FILE
     if not recipe.is_file():
-        raise DefaultModelBuildError(f"recipe {recipe} is missing (its 'model' fields define the architecture)")
+        raise BuildError(f"recipe {recipe} is missing (its 'model' fields define the architecture)")
     data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
     model = data.get("model")
     if not isinstance(model, dict):
-        raise DefaultModelBuildError(f"recipe {recipe} has no 'model' mapping")
+        raise BuildError(f"recipe {recipe} has no 'model' mapping")
     unknown = sorted(set(model) - set(MODEL_FIELDS) - {"encoder_path", "llm_path"})
     if unknown:
-        raise DefaultModelBuildError(f"recipe {recipe}: unsupported model fields {unknown}; expected {list(MODEL_FIELDS)}")
+        raise BuildError(f"recipe {recipe}: unsupported model fields {unknown}; expected {list(MODEL_FIELDS)}")
     return {k: v for k, v in model.items() if k in MODEL_FIELDS}
 
 
@@ -109,19 +106,19 @@ def load_strict(model: torch.nn.Module, file: Path, expected: set[str]) -> int:
     try:
         state = load_file(str(file))
     except (SafetensorError, OSError) as exc:
-        raise DefaultModelBuildError(f"weight file {file} cannot be read: {exc}") from exc
+        raise BuildError(f"weight file {file} cannot be read: {exc}") from exc
     params = dict(model.named_parameters())
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
-        raise DefaultModelBuildError(
+        raise BuildError(
             f"weight file {file} does not match the model: {len(missing)} missing key(s) {missing[:3]}, "
             f"{len(unexpected)} unexpected key(s) {unexpected[:3]}"
         )
     with torch.no_grad():
         for name, tensor in state.items():
             if params[name].shape != tensor.shape:
-                raise DefaultModelBuildError(
+                raise BuildError(
                     f"weight file {file}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(params[name].shape)}"
                 )
             params[name].copy_(tensor.to(params[name].dtype))
@@ -199,10 +196,9 @@ def build_lusifer_small(
         progress: Show a progress bar over the build steps.
 
     Raises:
-        DefaultModelBuildError: a weight file is missing, corrupt or does not match the model.
+        BuildError: a weight file is missing, corrupt or does not match the model.
     """
     from lusifer.export import export_model
-    from lusifer.runtime.default_model import weights_dir
     from lusifer.train.prepare_base import ENCODER_NAME, LLM_NAME, prepare_base_models
 
     if device not in EXPORT_OPTIONS:
@@ -216,7 +212,7 @@ def build_lusifer_small(
             logger.info("%s is already built: %s", DEFAULT_MODEL_NAME, target)
             return target
         if target.exists():  # left by something else: never treat as complete, never merge into it
-            raise DefaultModelBuildError(f"{target} exists but holds no {MANIFEST_FILE}: remove it and retry")
+            raise BuildError(f"{target} exists but holds no {MANIFEST_FILE}: remove it and retry")
         started = time.perf_counter()
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=parent))
         steps = tqdm(total=5, desc=f"building {DEFAULT_MODEL_NAME}", unit="step", disable=not progress)
@@ -234,7 +230,7 @@ def build_lusifer_small(
             steps.set_postfix_str("loading + merging LoRA")
             torch_device = "cuda" if device == "cuda" else "cpu"
             if torch_device == "cuda" and not torch.cuda.is_available():
-                raise DefaultModelBuildError("device='cuda' was asked for but torch sees no CUDA device")
+                raise BuildError("device='cuda' was asked for but torch sees no CUDA device")
             model, summary = build_merged_model(base / ENCODER_NAME, base / LLM_NAME, weights, files, torch_device)
             steps.update()
             steps.set_postfix_str("saving merged model")
@@ -253,8 +249,7 @@ def build_lusifer_small(
                 "variants": {k: v.parity for k, v in manifest.variants.items()},
                 "build_seconds": round(time.perf_counter() - started, 1),
             }
-            (staging / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            os.replace(staging / BUILD_INFO, parent / f"{target.name}.{BUILD_INFO}")
+            write_json_atomic(parent / f"{target.name}.{BUILD_INFO}", info)
             os.rename(staging / "export", target)
         finally:
             steps.close()

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lusifer.backbones import set_attention_causal
@@ -29,6 +28,8 @@ from lusifer.train.checkpoint import (
 from lusifer.train.config import TrainConfig
 from lusifer.train.distributed import resolve_device
 from lusifer.train.lora import merge_lora
+from lusifer.train.model_setup import build_stage_model
+from lusifer.vectors import row_cosines
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +60,6 @@ class MergeReport:
     min_cosine: float | None
 
 
-def task_for(stage: str):
-    """The training task of a stage (imported lazily: the stages import this module)."""
-    if stage == "stage1":
-        from lusifer.train.stage1 import Stage1Task
-
-        return Stage1Task()
-    if stage == "stage2":
-        from lusifer.train.stage2 import Stage2Task
-
-        return Stage2Task()
-    raise MergeError(f"unknown stage {stage!r}; expected stage1 or stage2")
-
-
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
     """A checkpoint folder as is; a run folder -> its final checkpoint (the run must have finished)."""
     folder = Path(source)
@@ -100,17 +88,13 @@ def model_from_checkpoint(checkpoint: str | os.PathLike, device: str | torch.dev
     config = read_checkpoint_config(folder)
     config = config.replace(model_dtype="float32", gradient_checkpointing=False, device="auto", precision="auto")
     device = resolve_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
-    model = task_for(config.stage).build_model(config, device)
+    if config.stage not in ("stage1", "stage2"):
+        raise MergeError(f"unknown stage {config.stage!r} in {folder}; expected stage1 or stage2")
+    model = build_stage_model(config, device)
     load_weights(model, folder / WEIGHTS_FILE)
     set_attention_causal(model.llm, False)
     model.eval()
     return model, config
-
-
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
-    return float((a * b).sum(axis=1).min())
 
 
 def merge_model(model: LusiferModel, verify: bool = True) -> tuple[list[str], float | None]:
@@ -128,7 +112,7 @@ def merge_model(model: LusiferModel, verify: bool = True) -> tuple[list[str], fl
     set_attention_causal(model.llm, False)
     min_cos = None
     if verify:
-        min_cos = min(_min_cosine(before[k], model.encode(texts, kind=k, normalize=False)) for k in before)
+        min_cos = min(float(row_cosines(before[k], model.encode(texts, kind=k, normalize=False)).min()) for k in before)
         if min_cos < MIN_MERGE_COSINE:
             raise MergeError(f"merged embeddings differ from unmerged ones: min cosine {min_cos:.6f} < {MIN_MERGE_COSINE}")
     return merged, min_cos

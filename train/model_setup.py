@@ -104,6 +104,23 @@ def prepare_trainable(
     return model
 
 
+def build_stage_model(config: TrainConfig, device: torch.device | str = "cpu") -> LusiferModel:
+    """The model a stage trains, as its task builds it: the starting model, LoRA, the trainable modules.
+
+    Stage 1 trains the encoder's LoRA and the connector (the LLM stays frozen, without LoRA); stage 2 also puts
+    LoRA on the LLM and trains the projection. Used by both stages and to rebuild a checkpoint's model
+    (:func:`lusifer.train.merge.model_from_checkpoint`).
+    """
+    model = load_starting_model(config)
+    if config.stage == "stage1":
+        prepare_trainable(model, config, llm_lora_targets=None, train_projection=False)
+    elif config.stage == "stage2":
+        prepare_trainable(model, config, llm_lora_targets=config.llm_lora_targets, train_projection=True)
+    else:
+        raise ValueError(f"stage={config.stage!r}; expected stage1 or stage2")
+    return model.to(device)
+
+
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` of every trainable parameter, in a stable order."""
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from lusifer.atomic import write_json_atomic
 from lusifer.train.data_sources_registry import (
     SOURCES,
     DEFAULT_CACHE_DIR,
@@ -132,9 +133,7 @@ def prepare_base_models(
         }
         logger.info("%s ready in %.1f s: %s", kind, time.monotonic() - start, folder)
     manifest["format"] = 1
-    tmp = manifest_path.with_name(f".{MANIFEST_NAME}.partial")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, manifest_path)
+    write_json_atomic(manifest_path, manifest, sort_keys=True)
     return manifest_path
 
 

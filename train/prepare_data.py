@@ -32,6 +32,7 @@ from pathlib import Path
 
 import click
 
+from lusifer.atomic import write_bytes_atomic, write_json_atomic
 from lusifer.train.data_sources_english import (
     ParseStats,
     RecordError,
@@ -156,9 +157,7 @@ def load_bigbench(cache: Path) -> dict[str, list[dict]]:
         for name, data in iter_tar_members(archive, lambda n: n in wanted):
             dest = extract_dir / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(".task.json.partial")
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
+            write_bytes_atomic(dest, data, durable=False)  # rebuilt from the archive if lost
         still = [m for m in wanted if not (extract_dir / m).is_file()]
         if still:
             raise SourceError(f"bigbench 1.0.0 lacks members {still}")
@@ -499,9 +498,7 @@ def prepare_data(
                 "Bible hi, bn, id, sw versions are copyrighted: at most 500 verses of each are written.",
             ],
         }  # fmt: skip
-        tmp = out / f".{DATA_MANIFEST}.partial"
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, manifest_path)
+        write_json_atomic(manifest_path, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("data ready in %.0f s: %s", time.monotonic() - start, out)

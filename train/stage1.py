@@ -23,7 +23,8 @@ from lusifer.train.data import load_examples_for_run
 from lusifer.train.distributed import DistContext
 from lusifer.train.losses import IGNORE_INDEX
 from lusifer.train.loop import Metrics, TrainResult, run_training
-from lusifer.train.model_setup import load_starting_model, prepare_trainable
+from lusifer.train.merge import merge_checkpoint
+from lusifer.train.model_setup import build_stage_model
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class Stage1Task:
     name = "stage1"
 
     def build_model(self, config: Stage1Config, device: torch.device) -> LusiferModel:
-        model = load_starting_model(config)
-        prepare_trainable(model, config, llm_lora_targets=None, train_projection=False)
-        return model.to(device)
+        return build_stage_model(config, device)
 
     def build_batches(self, config: Stage1Config, model: LusiferModel, ctx: DistContext) -> MicroBatches:
         llm_tokenizer = model.load_llm_tokenizer()
@@ -134,8 +133,6 @@ class Stage1Task:
         }
 
     def finish(self, config: Stage1Config, final_checkpoint: Path, ctx: DistContext) -> dict:
-        from lusifer.train.merge import merge_checkpoint
-
         out = Path(config.output_dir) / MERGED_MODEL_DIR
         if ctx.is_main:
             report = merge_checkpoint(final_checkpoint, out, device=str(ctx.device))

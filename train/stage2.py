@@ -25,7 +25,7 @@ from lusifer.train.distributed import DistContext, gather_with_grad
 from lusifer.train.gradcache import backward_through_chunks, embed_without_graph
 from lusifer.train.losses import contrastive_loss
 from lusifer.train.loop import Metrics, TrainResult, run_training
-from lusifer.train.model_setup import load_starting_model, prepare_trainable
+from lusifer.train.model_setup import build_stage_model
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ class Stage2Task:
     def build_model(self, config: Stage2Config, device: torch.device) -> LusiferModel:
         self.temperature = config.temperature
         self.chunk_size = config.grad_cache_chunk_size
-        model = load_starting_model(config)
-        prepare_trainable(model, config, llm_lora_targets=config.llm_lora_targets, train_projection=True)
-        return model.to(device)
+        return build_stage_model(config, device)
 
     def build_batches(self, config: Stage2Config, model: LusiferModel, ctx: DistContext) -> MicroBatches:
         examples = load_examples_for_run(config, ctx)

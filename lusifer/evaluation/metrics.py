@@ -15,6 +15,9 @@ import logging
 
 import numpy as np
 
+from lusifer.vectors import cosine_matrix as _cosine_matrix
+from lusifer.vectors import l2_normalize, row_cosines
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,19 +30,13 @@ def _as_matrix(x, name: str) -> np.ndarray:
     return arr
 
 
-def l2_normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by their L2 norm (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, eps)
-
-
 def cosine_matrix(a, b) -> np.ndarray:
     """Cosine similarity of every row of ``a`` with every row of ``b``: shape (len(a), len(b))."""
     a = _as_matrix(a, "a")
     b = _as_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"embedding sizes differ: {a.shape[1]} vs {b.shape[1]}")
-    return l2_normalize_rows(a) @ l2_normalize_rows(b).T
+    return _cosine_matrix(a, b)
 
 
 def paired_cosine(a, b) -> np.ndarray:
@@ -48,13 +45,13 @@ def paired_cosine(a, b) -> np.ndarray:
     b = _as_matrix(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired embeddings differ in shape: {a.shape} vs {b.shape}")
-    return np.sum(l2_normalize_rows(a) * l2_normalize_rows(b), axis=1)
+    return row_cosines(a, b)
 
 
 def nearest_neighbours(queries, candidates, chunk_size: int = 1024) -> np.ndarray:
     """Index of the most cosine-similar candidate for each query (ties: lowest index), in chunks of queries."""
-    q = l2_normalize_rows(_as_matrix(queries, "queries"))
-    c = l2_normalize_rows(_as_matrix(candidates, "candidates"))
+    q = l2_normalize(_as_matrix(queries, "queries"))
+    c = l2_normalize(_as_matrix(candidates, "candidates"))
     if q.shape[1] != c.shape[1]:
         raise ValueError(f"embedding sizes differ: {q.shape[1]} vs {c.shape[1]}")
     out = np.empty(len(q), dtype=np.int64)

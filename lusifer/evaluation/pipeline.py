@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lusifer.atomic import write_json_atomic, write_text_atomic
 from lusifer.evaluation.embedders import MODEL_KINDS, detect_model_kind, load_embedder
 from lusifer.evaluation.report import console_table, markdown_table, write_chart
 from lusifer.evaluation.results import (
@@ -17,8 +18,6 @@ from lusifer.evaluation.results import (
     merge_runs,
     results_document,
     run_key,
-    write_json_atomic,
-    write_text_atomic,
 )
 from lusifer.evaluation.runner import DEFAULT_INSTRUCTIONS, run_settings, run_suite
 from lusifer.evaluation.suite import load_suite, load_task
@@ -165,7 +164,7 @@ def evaluate_models(
             finally:
                 embedder.close()
         runs.append(run)
-        write_json_atomic(results_document(runs, pending=labels[i + 1 :]), options.out)
+        write_json_atomic(options.out, results_document(runs, pending=labels[i + 1 :]), allow_nan=False)
         echo(console_table(run))
     write_reports(runs, options.markdown, options.chart)
     return runs
@@ -174,7 +173,7 @@ def evaluate_models(
 def write_reports(runs: list[dict], markdown: str | os.PathLike | None, chart: str | os.PathLike | None) -> None:
     """Write the Markdown table and/or the PNG chart of ``runs`` when paths are given."""
     if markdown is not None:
-        write_text_atomic(markdown_table(runs), markdown)
+        write_text_atomic(markdown, markdown_table(runs))
     if chart is not None:
         write_chart(runs, chart)
 
@@ -197,5 +196,5 @@ def compare_results(
     text = markdown_table(runs)
     write_reports(runs, markdown, chart)
     if merged_json is not None:
-        write_json_atomic(results_document(runs), merged_json)
+        write_json_atomic(merged_json, results_document(runs), allow_nan=False)
     return runs, text

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from lusifer.evaluation.runner import now_iso
@@ -38,37 +37,6 @@ def results_document(runs: list[dict], pending: list[str] | None = None) -> dict
     if pending:
         doc["pending"] = list(pending)
     return doc
-
-
-def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
-    """Write JSON beside ``path`` then move it into place, so the file is never half-written."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    """Write a text file atomically (same scheme as :func:`write_json_atomic`)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def load_results(path: str | os.PathLike, require_complete: bool = True) -> dict:

@@ -1,4 +1,4 @@
-"""Write the weights lusifer-small commits from a finished `gpu_train_all.sh full` run, in fp16.
+"""Write the weights lusifer-small commits from a finished `benchmarks/gpu/train_all.sh full` run, in fp16.
 
 Usage: python committed_weights.py RUNS_DIR OUT_DIR
 Writes OUT_DIR/full-s1.safetensors (the stage-1 encoder LoRA: the `lora_` tensors of the last stage-1

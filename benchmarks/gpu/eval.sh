@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Evaluate trained rows on the development suite; copy results to $OUT.
+#   eval.sh                 every trained row plus the encoder alone, then the comparison table and the
+#                           weights to commit (after `train_all.sh` with lusifer-small itself)
+#   eval.sh ROW...          only these rows (full, alignonly, rfonly, frozenenc, connonly, llmonly, encoder),
+#                           their JSON and log straight to $OUT (train_all.sh ablations calls it per row
+#                           as soon as the row is merged, so a lease that ends early keeps the finished rows)
+set -uo pipefail
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+O=/tmp/runs
+E=/tmp/eval && mkdir -p $E "$OUT"
+declare -A path=([full]=$O/full-merged [alignonly]=$O/full-s1/model [rfonly]=$O/rfonly-merged
+  [frozenenc]=$O/frozenenc-merged [connonly]=$O/connonly-merged [llmonly]=$O/llmonly-merged
+  [encoder]=/tmp/base/encoder-me5-small)
+declare -A name=([full]="LUSIFER (full)" [alignonly]="Alignment only" [rfonly]="Representation finetuning only"
+  [frozenenc]="Frozen multilingual encoder" [connonly]="Connector only"
+  [llmonly]="LLM alone (SmolLM2-135M, stage 2)" [encoder]="mE5-small (encoder alone)")
+ev() {  # row
+  local extra=(); [ "$1" = encoder ] && extra=(--encoder-prefix "query: ")
+  [ -d "${path[$1]}" ] || { echo "no $1 model at ${path[$1]}"; return 1; }
+  python3 -m lusifer.evaluation.cli run "${path[$1]}" --suite /tmp/data/eval --device cuda --batch-size 128 \
+    --name "${name[$1]}" --out $E/$1.json --overwrite "${extra[@]}" > $E/$1.log 2>&1 || echo "eval $1 failed"
+  cp $E/$1.json $E/$1.log "$OUT/" 2>/dev/null
+}
+if [ $# -gt 0 ]; then
+  for row in "$@"; do ev "$row"; done
+  exit
+fi
+for row in encoder full alignonly rfonly frozenenc connonly llmonly; do
+  [ -d "${path[$row]}" ] && ev $row &
+done
+wait
+python3 -m lusifer.evaluation.cli compare $E/*.json --out $OUT/results.md --chart $OUT/results.png || true
+tar czf $OUT/eval_and_logs.tgz $E $O/*.log $O/*/metrics.jsonl $O/*/final.json 2>/dev/null || true
+[ -d $O/full-s2 ] && python3 /tmp/src/models/lusifer-small/recipe/committed_weights.py /tmp/runs "$OUT"  # the weights to commit
+cat $OUT/results.md || true
