@@ -215,11 +215,11 @@ def test_bad_ids_are_rejected_before_embedding(tiny_export, texts, tmp_path):
 SLOW_CLI = (
     "import sys, time\n"
     "import lusifer.runtime.embedder as E\n"
-    "orig = E.Embedder.embed_tokens\n"
+    "orig = E.Embedder.run_batches\n"  # what the pipeline calls once per chunk
     "def slow(self, *a, **k):\n"
     "    time.sleep(0.25)\n"
     "    return orig(self, *a, **k)\n"
-    "E.Embedder.embed_tokens = slow\n"
+    "E.Embedder.run_batches = slow\n"
     "from lusifer.runtime.cli import main\n"
     "main(sys.argv[1:])\n"
 )
@@ -288,3 +288,72 @@ def test_resume_after_a_kill_during_the_parquet_conversion(tiny_export, corpus, 
     assert out.read_bytes() == ref.read_bytes()
     assert not Path(str(out) + ".staging.npy").exists() and not left.exists()
     assert json.loads(Path(str(out) + ".json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("lengths", [["--chunk-tokens", "20", "--chunk-overlap", "4"], ["--max-length", "48"]],
+                         ids=["windows", "truncated"])
+def test_lengths_with_ids_and_parquet_int8_survive_a_kill(tiny_export, corpus, tmp_path, lengths):
+    """Both halves of issue 26 in one run: long rows as windows (or cut and listed by id), ids carried into a
+    parquet int8 output calibrated on the first chunk of pooled row vectors; SIGKILLed, then resumed with
+    only --resume (length options from the sidecar), the files are byte-identical to an uninterrupted run."""
+    keys = [f"doc-{i:04d}" for i in range(N)]
+    opts = ["--model", str(tiny_export), "--chunk-rows", "8", "--token-budget", "400", "--device", "cpu",
+            "--dtype", "int8", "--id-column", "key", "--no-progress", *lengths]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref_dir.mkdir()
+    run_dir.mkdir()
+    reference = CliRunner().invoke(main, [str(corpus), "--out", str(ref_dir / "v.parquet"), *opts],
+                                   catch_exceptions=False)
+    assert reference.exit_code == 0, reference.output
+    out = run_dir / "v.parquet"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(corpus), "--out", str(out), *opts],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            if Path(str(out) + ".json").exists() and read_sidecar(out)["progress"]["completed_rows"] >= 8:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    killed = read_sidecar(out)
+    done = killed["progress"]["completed_rows"]
+    assert killed["status"] == "in_progress" and 8 <= done < N and not out.exists()
+    resumed = CliRunner().invoke(main, [str(corpus), "--out", str(out), "--model", str(tiny_export), "--resume",
+                                        "--dtype", "int8", "--id-column", "key", "--no-progress", "--device", "cpu"],
+                                 catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resumed at row {done}" in resumed.output
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in ref_dir.iterdir())
+    assert out.read_bytes() == (ref_dir / "v.parquet").read_bytes()
+    ref, final = read_sidecar(ref_dir / "v.parquet"), read_sidecar(out)
+    assert final["identity"] == ref["identity"] and final["quantization"] == ref["quantization"]
+    for key in ("truncated", "truncated_rows", "truncated_ids", "windowed_rows", "windows"):
+        assert final["summary"][key] == ref["summary"][key], key
+
+    # one output row per corpus row, ids in order, int8 codes of the pooled row vectors calibrated on chunk 0
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == keys
+    floats = tmp_path / "floats.npy"
+    options = dict(chunk_tokens=20, chunk_overlap=4) if lengths[0] == "--chunk-tokens" else dict(max_length=48)
+    embed_corpus(corpus, floats, tiny_export, device="cpu", chunk_rows=8, token_budget=400, progress=False,
+                 **options)
+    floats = np.load(floats)
+    ranges = np.asarray(final["quantization"]["ranges"], dtype=np.float32)
+    assert final["quantization"]["calibration_rows"] == 8
+    np.testing.assert_array_equal(ranges, np.vstack((floats[:8].min(0), floats[:8].max(0))))
+    codes = np.stack(table.column("embedding").to_numpy())
+    assert codes.dtype == np.int8 and codes.shape == floats.shape
+    np.testing.assert_array_equal(codes, quantize(floats, "int8", ranges))
+
+    summary = final["summary"]
+    if lengths[0] == "--chunk-tokens":
+        assert summary["truncated"] == 0 and summary["windowed_rows"] > 0 and summary["windows"] > 2 * 8
+    else:  # cut rows listed by position and by id, the listing carried over the kill
+        rows = summary["truncated_rows"]
+        assert summary["truncated"] > len(rows) == 10 and rows[0] < done
+        assert summary["truncated_ids"] == [keys[r] for r in rows]
+        assert killed["progress"]["truncated_ids"] == [keys[r] for r in rows if r < done]
+        assert f"(ids 'doc-{rows[0]:04d}' (row {rows[0]}), " in resumed.output

@@ -238,9 +238,13 @@ def test_ray_parquet_shards_with_ids_and_int8(local_ray, tiny_export, shard_fold
     embed_corpus(corpus, single, tiny_export, device="cpu", progress=False)
     floats = np.load(single)
     out = tmp_path / "out"
-    embed_corpus_ray(corpus, out, tiny_export, num_actors=2, rows_per_task=16, dtype="int8", output_format="parquet",
-                     id_column="doc", progress=False)
+    summary = embed_corpus_ray(corpus, out, tiny_export, num_actors=2, rows_per_task=16, dtype="int8",
+                               output_format="parquet", id_column="doc", progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
+    # rows cut at the tiny export's 64 tokens are listed by id too (looked up when their shard completes)
+    assert summary.truncated_rows and summary.truncated_ids == [f"d{r}" for r in summary.truncated_rows]
+    first = summary.truncated_rows[0]
+    assert f"ids 'd{first}' (row {first})" in summary.format()
     assert [e["output"] for e in manifest["shards"]] == [f"part-{i * 5}.parquet" for i in range(5)]
     assert manifest["identity"]["format"] == "parquet" and manifest["identity"]["ids"]["column"] == "doc"
     ranges = np.asarray(manifest["quantization"]["ranges"], dtype=np.float32)
