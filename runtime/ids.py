@@ -4,6 +4,8 @@ An id column may hold integers (written as int64) or strings (written as string)
 A null id is an error naming its row. With ``unique=True`` every id is read once up front and the first
 repeated id is reported with both rows. Ids are read again, streamed in row order, when the output is
 written: into the ``id`` column of a parquet output, or into ``<out>.ids.parquet`` beside a ``.npy`` output.
+While embedding, the pipeline reads them with the texts (:func:`lusifer.runtime.corpus.iter_chunks_with_ids`)
+to list truncated rows by id; on Ray :func:`shard_ids_at` looks up the few listed rows of a shard.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -40,7 +39,7 @@ class _Chunk:
     tokens: RowTokens  # the sequences of the embedded rows (several windows for a long row with chunking)
     batches: list
     null_rows: int
-    ids: Any = None  # the chunk's id column (one per row), when the job has one
+    ids: list | None = None  # the chunk's --id-column values (one per row), when the job has one
 
     def truncated_positions(self) -> np.ndarray:
         """Positions within the chunk of the rows cut at the max length."""

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from test_runtime_support import corpus_texts, read_sidecar, write_parquet
 
-from lusifer.runtime import CorpusError, Embedder, OutputError, embed_corpus
+from lusifer.runtime import CorpusError, Embedder, embed_corpus
 from lusifer.runtime.cli import main
 from lusifer.runtime.compact import Quantizer, dequantize, quantize
 from lusifer.runtime.parquet_writer import read_metadata
