@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 ID_FIELD = "id"
 _READ_ROWS = 65536
 # What --unique-ids holds in memory, said in the CLI help (measured by benchmarks/unique_ids_memory.py).
-UNIQUE_IDS_MEMORY = ("about 70 bytes per integer id, or 70 bytes plus 3x its text per string id (2M ids: 128 MiB "
-                     "for integers, 214 MiB for 16-character strings)")
+UNIQUE_IDS_MEMORY = ("about 70 bytes per integer id, or 70 bytes plus 4x its text per string id (2M ids: 128 MiB "
+                     "for integers, 262 MiB for 16-character strings)")
 
 
 @dataclass(frozen=True)
