@@ -31,7 +31,8 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
                    "columns id (with --id-column) and embedding (a fixed-size list).")
 @click.option("--id-column", default=None,
               help="Column (integers or strings, no nulls) copied into the output in row order: the id column "
-                   "of a parquet output, or <out>.ids.parquet beside a .npy output.")
+                   "of a parquet output, or <out>.ids.parquet beside a .npy output. Truncated rows are listed "
+                   "by id too.")
 @click.option("--unique-ids", is_flag=True,
               help=f"With --id-column: also check that no id repeats, before embedding. Holds every id in memory: "
                    f"{UNIQUE_IDS_MEMORY}.")
