@@ -313,6 +313,24 @@ def _int8_tail(r: Result) -> str:
             + md_table(["language", "rows", "min", "p1", "mean", "rows < 0.98"], rows))
 
 
+def _compact_bitext(r: Result) -> str:
+    average, sizes = r.data["average_f1"], r.data["bytes_per_vector"]
+    base = average["float32"]
+    rows = [(name, sizes[name.split(" ")[0]], f"{f1:.2f}", _signed(f1 - base)) for name, f1 in average.items()]
+    return (f"MTEB bitext-mining F1 x100 over {len(r.data['tasks'])} bitext tasks of the development suite (first "
+            f"{r.data['rows_per_task']} rows of each, {_n(r.data['texts'])} distinct texts embedded once as float32); "
+            f"int8/uint8 calibrated on the first {r.data['chunk_rows']} rows of the shuffled corpus; binary scored by "
+            "Hamming distance.\n\n"
+            + md_table(["dtype (scoring)", "bytes / vector", "avg F1", "vs float32"], rows))
+
+
+def _unique_ids_memory(r: Result) -> str:
+    rows = [(kind, _n(v["rows"]), f"{v['peak_rss_growth_mib']:.1f}", f"{v['bytes_per_row']:.0f}")
+            for kind, v in r.data["results"].items()]
+    return ("Peak RSS growth of the `--unique-ids` check (a fresh process per id kind).\n\n"
+            + md_table(["ids", "rows", "peak RSS growth MiB", "bytes / row"], rows))
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "cpu_suite": _cpu_suite,
     "gpu_suite": _gpu_suite,
@@ -320,6 +338,8 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "scaling": _scaling,
     "cuda_parity": _cuda_parity,
     "int8_tail": _int8_tail,
+    "compact_bitext": _compact_bitext,
+    "unique_ids_memory": _unique_ids_memory,
 }
 TITLES = {
     "cpu_suite": "PyTorch vs `lusifer-embed` fp32 / INT8 on CPU (`benchmarks.cpu_suite`)",
@@ -328,6 +348,8 @@ TITLES = {
     "scaling": "`lusifer-embed` at growing corpus sizes (`benchmarks.scaling`)",
     "cuda_parity": "fp16 graphs on CUDA vs PyTorch fp32 (`benchmarks.cuda_parity`)",
     "int8_tail": "Where INT8 vectors differ from fp32 (`benchmarks.int8_tail`)",
+    "compact_bitext": "Retrieval quality of the compact output dtypes (`benchmarks.compact_bitext`)",
+    "unique_ids_memory": "Memory of the `--unique-ids` check (`benchmarks.unique_ids_memory`)",
 }
 
 _OLD_CUDA_BATCHES = ("CUDA batches of 16,384 padded tokens / 512 rows, the runtime's defaults before "

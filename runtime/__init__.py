@@ -1,7 +1,7 @@
 """Offline batch embedding with ONNX Runtime. Imports onnxruntime, tokenizers, numpy, pyarrow; never torch.
 
 Python API: :class:`Embedder` (texts -> arrays, streaming with :meth:`Embedder.iter_embed`) and
-:func:`embed_corpus` (parquet corpus -> resumable ``.npy``); command line: ``lusifer-embed``.
+:func:`embed_corpus` (parquet corpus -> resumable ``.npy`` or ``.parquet``); command line: ``lusifer-embed``.
 """
 
 from lusifer.runtime.embedder import Embedder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import click
 
@@ -11,7 +12,9 @@ from lusifer.onnx_interface import ManifestError
 from lusifer.runtime.corpus import NULL_POLICIES
 from lusifer.runtime.embedder import MAX_INFLIGHT
 from lusifer.runtime.errors import EmbedError
+from lusifer.runtime.ids import UNIQUE_IDS_MEMORY
 from lusifer.runtime.job import embed_corpus
+from lusifer.runtime.outputs import OUTPUT_FORMATS
 from lusifer.runtime.session import resolve_device
 from lusifer.runtime.tokenize import cuda_tokenizer_env
 from lusifer.runtime.writer import OUTPUT_DTYPES
@@ -20,8 +23,19 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("corpus")
 @click.option("--out", "out_path", required=True, type=click.Path(),
-              help="Output .npy file (a .npy.json sidecar and, while running, a .npy.partial file sit beside it); "
-                   "with --ray an output folder (one <shard-stem>.npy per shard and manifest.json).")
+              help="Output .npy or .parquet file (a <out>.json sidecar and, while running, a partial file sit "
+                   "beside it); with --ray an output folder (one <shard-stem>.npy or .parquet per shard and "
+                   "manifest.json).")
+@click.option("--format", "out_format", type=click.Choice(OUTPUT_FORMATS), default=None,
+              help="Output format [default: from --out's suffix; with --ray npy]. A parquet output has the "
+                   "columns id (with --id-column) and embedding (a fixed-size list).")
+@click.option("--id-column", default=None,
+              help="Column (integers or strings, no nulls) copied into the output in row order: the id column "
+                   "of a parquet output, or <out>.ids.parquet beside a .npy output. Truncated rows are listed "
+                   "by id too.")
+@click.option("--unique-ids", is_flag=True,
+              help=f"With --id-column: also check that no id repeats, before embedding. Holds every id in memory: "
+                   f"{UNIQUE_IDS_MEMORY}.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False),
               help="Export folder written by lusifer-export (default: the default model).")
 @click.option("--column", default="text", show_default=True, help="Text column of the parquet files.")
@@ -39,7 +53,9 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
               help="Batches run at once. On CUDA, 2 launches a batch while the GPU computes the previous one; "
                    "on CPU keep 1.")
 @click.option("--dtype", type=click.Choice(OUTPUT_DTYPES), default="float32", show_default=True,
-              help="Output dtype.")
+              help="Output dtype. int8/uint8: scalar quantization with per-dimension ranges calibrated on the "
+                   "first chunk (stored in the sidecar); binary/ubinary: 1 bit per dimension packed into bytes "
+                   "(int8 / uint8), as sentence-transformers' quantize_embeddings defines them.")
 @click.option("--normalize/--no-normalize", default=None,
               help="L2-normalise rows [default: the model's setting, normally on].")
 @click.option("--on-null", type=click.Choice(NULL_POLICIES), default="error", show_default=True,
@@ -72,16 +88,17 @@ from lusifer.runtime.writer import OUTPUT_DTYPES
               help="With --ray: 1 = each actor owns one GPU and runs CUDA (no CPU fallback); 0 = CPU actors.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO).")
-def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: str, instruction: str | None,
+def main(corpus: str, out_path: str, out_format: str | None, id_column: str | None, unique_ids: bool,
+         model_dir: str | None, column: str, kind: str, instruction: str | None,
          device: str, variant: str | None, threads: int | None, inflight: int, dtype: str,
          normalize: bool | None, on_null: str, max_length: int | None, chunk_tokens: int | None,
          chunk_overlap: int | None, resume: bool, overwrite: bool, chunk_rows: int | None,
          token_budget: int | None, max_batch_rows: int | None, ray_address: str | None, num_actors: int | None,
          gpus_per_actor: int, progress: bool, verbose: bool) -> None:
-    """Embed the text column of a parquet CORPUS (a file, a folder of files, or a glob) into a .npy file.
+    """Embed the text column of a parquet CORPUS (a file, a folder of files, or a glob) into a .npy or .parquet file.
 
-    Row i of the output is row i of the corpus (files in natural name order). Without --resume or
-    --overwrite an existing output is refused.
+    Row i of the output is row i of the corpus (files in natural name order); --id-column carries ids along.
+    Without --resume or --overwrite an existing output is refused.
 
     With --ray, the job runs on a Ray actor pool and --out is a folder: row i of <shard-stem>.npy is row i of
     that shard; shards already complete are skipped (--resume is implied); --threads is the CPUs per actor
@@ -91,6 +108,8 @@ def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: s
                         format="%(levelname)s %(name)s: %(message)s")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    if unique_ids and id_column is None:
+        raise click.UsageError("--unique-ids needs --id-column")
     if chunk_overlap is not None and chunk_tokens is None and not resume:
         raise click.UsageError(f"--chunk-overlap {chunk_overlap} needs --chunk-tokens N")
     lengths = {"max_length": max_length, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
@@ -98,20 +117,25 @@ def main(corpus: str, out_path: str, model_dir: str | None, column: str, kind: s
         if inflight != 1:
             raise click.UsageError(f"--inflight {inflight}: not supported with --ray (its actors run one batch "
                                    "at a time)")
-        _run_ray(corpus, out_path, model_dir, ray_address, num_actors, gpus_per_actor, device, column=column,
+        _run_ray(corpus, out_path, model_dir, ray_address, num_actors, gpus_per_actor, device,
+                 output_format=out_format or "npy", id_column=id_column, unique_ids=unique_ids, column=column,
                  kind=kind, instruction=instruction, variant=variant, threads=threads, dtype=dtype,
                  normalize=normalize, on_null=on_null, overwrite=overwrite, chunk_rows=chunk_rows,
                  token_budget=token_budget, max_batch_rows=max_batch_rows, progress=progress, **lengths)
         return
     if num_actors is not None or gpus_per_actor:
         raise click.UsageError("--num-actors and --gpus-per-actor need --ray")
+    suffix = Path(out_path).suffix
+    if out_format is not None and suffix != f".{out_format}":
+        raise click.UsageError(f"--format {out_format} but --out {out_path!r} ends in {suffix or 'no suffix'!r}; "
+                               f"name the output *.{out_format}")
     try:
         apply_process_settings(device)
         summary = embed_corpus(
             corpus, out_path, model_dir, column=column, kind=kind, instruction=instruction, device=device,
             variant=variant, threads=threads, dtype=dtype, normalize=normalize, on_null=on_null, resume=resume,
             overwrite=overwrite, chunk_rows=chunk_rows, token_budget=token_budget, max_batch_rows=max_batch_rows,
-            progress=progress, inflight=inflight, **lengths,
+            progress=progress, inflight=inflight, id_column=id_column, unique_ids=unique_ids, **lengths,
         )
     except (EmbedError, ManifestError) as exc:
         raise click.ClickException(str(exc)) from exc

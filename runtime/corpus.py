@@ -226,9 +226,31 @@ def iter_chunks(corpus: Corpus, chunk_rows: int, start_row: int = 0) -> Iterator
     one shorter), so chunk boundaries do not depend on where a run was resumed. ``start_row`` must be a chunk
     boundary; row groups before it are skipped without reading. Values are ``str`` or ``None`` (null).
     """
+    for first, (values,) in _iter_column_chunks(corpus, [corpus.column], chunk_rows, start_row):
+        yield first, values
+
+
+def iter_chunks_with_ids(corpus: Corpus, chunk_rows: int, start_row: int = 0,
+                         id_column: str | None = None) -> Iterator[tuple[int, list, list | None]]:
+    """As :func:`iter_chunks`, with the chunk's values of ``id_column`` (read in the same pass) as a third item.
+
+    Ids are Python ``int`` or ``str`` (dictionary columns decoded); the third item is ``None`` without an id
+    column. The id column is expected to be checked already (:func:`lusifer.runtime.ids.check_id_column`).
+    """
+    if id_column is None:
+        for first, values in iter_chunks(corpus, chunk_rows, start_row):
+            yield first, values, None
+        return
+    for first, (values, ids) in _iter_column_chunks(corpus, [corpus.column, id_column], chunk_rows, start_row):
+        yield first, values, ids
+
+
+def _iter_column_chunks(corpus: Corpus, columns: list[str], chunk_rows: int,
+                        start_row: int) -> Iterator[tuple[int, list[list]]]:
+    """``(first_row, [values of each column])`` chunks of ``chunk_rows`` rows (see :func:`iter_chunks`)."""
     if start_row % chunk_rows and start_row != corpus.rows:
         raise ValueError(f"start_row={start_row} is not a multiple of chunk_rows={chunk_rows}")
-    pending: list = []
+    pending: list[list] = [[] for _ in columns]
     first = start_row
     base = 0  # global row number of the current shard's first row
     for shard in corpus.shards:
@@ -246,21 +268,21 @@ def iter_chunks(corpus: Corpus, chunk_rows: int, start_row: int = 0) -> Iterator
             group_start += n
         skip -= sum(shard.row_group_rows[: groups[0]])
         try:
-            for batch in pf.iter_batches(batch_size=min(chunk_rows, 65536), row_groups=groups,
-                                         columns=[corpus.column]):
-                values = batch.column(0).to_pylist()
+            for batch in pf.iter_batches(batch_size=min(chunk_rows, 65536), row_groups=groups, columns=columns):
+                values = [batch.column(c).to_pylist() for c in range(len(columns))]
                 if skip:
-                    cut = min(skip, len(values))
-                    values, skip = values[cut:], skip - cut
-                while values:
-                    take = chunk_rows - len(pending)
-                    pending.extend(values[:take])
-                    values = values[take:]
-                    if len(pending) == chunk_rows:
+                    cut = min(skip, len(values[0]))
+                    values, skip = [v[cut:] for v in values], skip - cut
+                while values[0]:
+                    take = chunk_rows - len(pending[0])
+                    for held, new in zip(pending, values):
+                        held.extend(new[:take])
+                    values = [v[take:] for v in values]
+                    if len(pending[0]) == chunk_rows:
                         yield first, pending
-                        first, pending = first + chunk_rows, []
+                        first, pending = first + chunk_rows, [[] for _ in columns]
         except (pa.ArrowException, OSError) as exc:
             raise CorpusError(f"corpus file {str(shard.path)!r} could not be read: {exc}") from exc
         base += shard.rows
-    if pending:
+    if pending[0]:
         yield first, pending

@@ -1,4 +1,4 @@
-"""`embed_corpus`: a parquet corpus -> a ``.npy`` of embeddings, streamed, overlapped, resumable.
+"""`embed_corpus`: a parquet corpus -> a ``.npy`` or ``.parquet`` of embeddings, streamed, overlapped, resumable.
 
 Checks everything cheap first (output state, device, model, corpus schema and nulls, export checksums), then
 runs the overlapped stages of :mod:`lusifer.runtime.pipeline` and finalises the output atomically.
@@ -14,14 +14,16 @@ from typing import Any
 
 from lusifer.prompts import check_kind
 from lusifer.runtime.chunking import ChunkSettings, RowEncoder
+from lusifer.runtime.compact import check_dtype, storage_width
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
 from lusifer.runtime.embedder import DEFAULT_MAX_BATCH_ROWS, DEFAULT_TOKEN_BUDGET, DEFAULT_WINDOW_ROWS, Embedder
 from lusifer.runtime.errors import OutputError
 from lusifer.runtime.lengths import describe_rows
+from lusifer.runtime.outputs import output_finisher, prepare_ids, quantizer_for, sidecar_encoder
 from lusifer.runtime.pipeline import run_pipeline
 from lusifer.runtime.session import resolve_device
-from lusifer.runtime.writer import OUTPUT_DTYPES, VectorWriter, check_output
+from lusifer.runtime.writer import VectorWriter, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class EmbedSummary:
     token_budget: int
     max_batch_rows: int
     already_complete: bool = False
+    id_column: str | None = None
     warmup_seconds: float = 0.0
     timing: dict[str, Any] | None = None
     max_length: int = 0
@@ -85,6 +88,7 @@ class EmbedSummary:
             f"{self.tokens_per_s:.0f} tokens/s (padding {padding:.1%})\n{where}"
             f"{self._lengths_line()}; null rows: {self.null_rows}\n"
             f"device {self.device} ({self.provider}, {self.threads} thread(s)), variant {self.variant}"
+            + (f"\nids from column {self.id_column!r}" if self.id_column else "")
         )
 
     def _lengths_line(self) -> str:
@@ -160,11 +164,13 @@ def embed_corpus(
     progress: bool = True,
     verify: bool = True,
     inflight: int = 1,
+    id_column: str | None = None,
+    unique_ids: bool = False,
     max_length: int | None = None,
     chunk_tokens: int | None = None,
     chunk_overlap: int | None = None,
 ) -> EmbedSummary:
-    """Embed one text column of a parquet corpus into a ``.npy`` file, row i = corpus row i.
+    """Embed one text column of a parquet corpus into a ``.npy`` or ``.parquet`` file, row i = corpus row i.
 
     Checks run before any heavy work: output state, device, model, corpus files/column/type/nulls, export
     checksums. Then chunks of ``chunk_rows`` rows are read, tokenised, embedded in length-sorted batches of at
@@ -172,7 +178,8 @@ def embed_corpus(
 
     Args:
         corpus: A parquet file, a folder of parquet files, or a glob.
-        out: The ``.npy`` output path (a ``.json`` sidecar and a ``.partial`` file sit beside it).
+        out: The output path: ``.npy`` (a ``.json`` sidecar and a ``.partial`` file sit beside it) or
+            ``.parquet`` (``id`` and ``embedding`` columns; see :mod:`lusifer.runtime.parquet_writer`).
         model: Export folder; ``None`` uses :func:`~lusifer.runtime.default_model.resolve_default_model`.
         column: The text column.
         kind: ``"query"`` or ``"document"`` prompt template.
@@ -180,7 +187,8 @@ def embed_corpus(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (no silent fallback from CUDA).
         variant: ONNX variant; ``None`` = fp16 on CUDA, int8 (if exported) else fp32 on CPU.
         threads: CPU intra-op threads (default: physical cores).
-        dtype: Output dtype, ``"float32"`` or ``"float16"``.
+        dtype: Output dtype: ``"float32"``, ``"float16"``, or a compact one (``"int8"``, ``"uint8"``,
+            ``"binary"``, ``"ubinary"``; see :mod:`lusifer.runtime.compact`).
         normalize: L2-normalise rows; ``None`` = the manifest's setting.
         on_null: ``"error"`` (default), ``"empty"`` (embed ``""``) or ``"zero"`` (zero vector).
         resume: Continue an unfinished run of the same job (starts fresh when there is none).
@@ -192,6 +200,9 @@ def embed_corpus(
         verify: Check the export's sha256 checksums.
         inflight: Batches run at once (see :class:`~lusifer.runtime.embedder.Embedder`; 2 on CUDA overlaps
             the host work of one batch with the GPU work of the previous one).
+        id_column: A column (integers or strings, no nulls) copied into the output in row order: the ``id``
+            column of a parquet output, or ``<out>.ids.parquet`` beside a ``.npy`` output.
+        unique_ids: Also check that the ids are unique before embedding (reads every id into memory).
         max_length: Most tokens per text, prompt and special tokens included (1 to the export's
             ``max_length``, the default); longer rows are cut, counted and listed (first few) in the summary,
             and a warning is logged once when more than 1% are cut.
@@ -207,14 +218,14 @@ def embed_corpus(
         An :class:`EmbedSummary` (also written to the sidecar).
     """
     check_kind(kind)
-    if dtype not in OUTPUT_DTYPES:
-        raise ValueError(f"dtype={dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
+    check_dtype(dtype)
     if on_null not in NULL_POLICIES:
         raise ValueError(f"on_null={on_null!r}; expected one of {', '.join(NULL_POLICIES)}")
     out = Path(out)
     previous = check_output(out, resume, overwrite)
     device_kind = resolve_device(device).kind
     data = open_corpus(corpus, column, on_null)  # corpus errors before any model is built or loaded
+    ids = prepare_ids(data, id_column, unique_ids, progress)
     model_dir = Path(model) if model is not None else resolve_default_model(device, progress)
     batching = _resolve_batching(previous, device_kind, chunk_rows, token_budget, max_batch_rows)
     max_length, chunk = _resolve_lengths(previous, max_length, chunk_tokens, chunk_overlap)
@@ -223,7 +234,7 @@ def embed_corpus(
     encoder = RowEncoder(embedder.tokenizer, kind, instruction, chunk)  # checks the lengths against the prompt
     normalize = embedder.manifest.normalize if normalize is None else bool(normalize)
     identity = {
-        "shape": [data.rows, embedder.dim],
+        "shape": [data.rows, storage_width(dtype, embedder.dim)],
         "dtype": dtype,
         "model": {"sha256": embedder.model_sha256, "variant": embedder.variant, "files": embedder.export.checksums},
         "corpus": {"column": column, "rows": data.rows, "files": [s.describe() for s in data.shards]},
@@ -239,6 +250,8 @@ def embed_corpus(
         # an INT8 variant runs one row per pass: its partial outputs must not be resumed by a batched run
         "batching": {**batching, "one_row_per_pass": True} if embedder.one_row_per_pass else batching,
     }
+    if ids is not None:
+        identity["ids"] = ids.describe()
     run_info = {
         "corpus_spec": str(corpus),
         "model_dir": str(model_dir.resolve()),
@@ -250,9 +263,11 @@ def embed_corpus(
     }
     writer = VectorWriter.open(out, identity, previous, run_info)
     start_row = writer.completed_rows
+    quantizer = quantizer_for(dtype, writer.sidecar, start_row, out)
+    finish = output_finisher(out, data, ids, quantizer, embedder.dim, embedder.model_sha256)
     base = dict(output=str(out), rows=data.rows, dim=embedder.dim, dtype=dtype, device=str(embedder.device),
                 provider=embedder.provider, variant=embedder.variant, threads=embedder.threads,
-                model_sha256=embedder.model_sha256, max_length=embedder.max_length,
+                model_sha256=embedder.model_sha256, id_column=id_column, max_length=embedder.max_length,
                 chunk_tokens=chunk.tokens if chunk else None, chunk_overlap=chunk.overlap if chunk else None,
                 **batching)
     if writer.already_complete:
@@ -262,13 +277,13 @@ def embed_corpus(
                                truncated=p.get("truncated", 0), null_rows=p.get("null_rows", 0),
                                already_complete=True, **_length_progress(p), **base)
         if writer.sidecar.get("status") != "complete":  # killed between the final rename and the sidecar update
-            writer.finalize({**summary.to_dict(), "already_complete": False})
+            writer.finalize({**summary.to_dict(), "already_complete": False}, finish)
         return summary
     warmup_seconds = 0.0
     if embedder.device.kind == "cuda":  # device set-up belongs to loading, not to the first batch
         warmup_seconds = embedder.warmup(batching["token_budget"], batching["max_batch_rows"])
     counters = run_pipeline(data, embedder, writer, kind, instruction, normalize, dtype, batching, start_row, progress,
-                            encoder=encoder)
+                            encoder=encoder, encode=sidecar_encoder(quantizer), ids=ids)
     p = writer.progress
     seconds = counters["seconds"]
     summary = EmbedSummary(
@@ -278,6 +293,6 @@ def embed_corpus(
         tokens=p["tokens"], padded_tokens=p["padded_tokens"], truncated=p["truncated"], null_rows=p["null_rows"],
         warmup_seconds=round(warmup_seconds, 4), timing=counters["timing"], **_length_progress(p), **base,
     )
-    writer.finalize(summary.to_dict())
+    writer.finalize(summary.to_dict(), finish)
     logger.info("%s", summary.format())
     return summary

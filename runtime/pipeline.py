@@ -15,14 +15,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from lusifer.runtime.chunking import RowEncoder, RowTokens, pool_rows
-from lusifer.runtime.corpus import Corpus, iter_chunks
+from lusifer.runtime.corpus import Corpus, iter_chunks_with_ids
 from lusifer.runtime.embedder import Embedder
 from lusifer.runtime.errors import CorpusError
+from lusifer.runtime.ids import IdColumn
 from lusifer.runtime.lengths import TruncationTally
 from lusifer.runtime.writer import VectorWriter
 from lusifer.vectors import l2_normalize
@@ -39,7 +39,7 @@ class _Chunk:
     tokens: RowTokens  # the sequences of the embedded rows (several windows for a long row with chunking)
     batches: list
     null_rows: int
-    ids: Any = None  # the chunk's id column (one per row), when the job has one
+    ids: list | None = None  # the chunk's --id-column values (one per row), when the job has one
 
     def truncated_positions(self) -> np.ndarray:
         """Positions within the chunk of the rows cut at the max length."""
@@ -67,10 +67,11 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 def _read_and_tokenize(corpus: Corpus, embedder: Embedder, encoder: RowEncoder, batching: dict,
-                       start_row: int, out_q: queue.Queue, stop: threading.Event) -> None:
-    """Reader stage: stream chunks, apply the null policy, tokenise, make the padded batches, queue."""
+                       start_row: int, out_q: queue.Queue, stop: threading.Event, id_column: str | None) -> None:
+    """Reader stage: stream chunks (with their ids), apply the null policy, tokenise, make the padded batches,
+    queue."""
     try:
-        for start, values in iter_chunks(corpus, batching["chunk_rows"], start_row):
+        for start, values, ids in iter_chunks_with_ids(corpus, batching["chunk_rows"], start_row, id_column):
             if stop.is_set():
                 return
             nulls = [i for i, v in enumerate(values) if v is None]
@@ -89,7 +90,7 @@ def _read_and_tokenize(corpus: Corpus, embedder: Embedder, encoder: RowEncoder, 
                     texts = [values[i] for i in keep]
             tokens = encoder.encode(texts)
             batches = embedder.make_batches(tokens.sequences, batching["token_budget"], batching["max_batch_rows"])
-            if not _put(out_q, _Chunk(start, len(values), keep, tokens, batches, len(nulls)), stop):
+            if not _put(out_q, _Chunk(start, len(values), keep, tokens, batches, len(nulls), ids), stop):
                 return
         _put(out_q, _DONE, stop)
     except BaseException as exc:  # handed to the main thread, which re-raises it
@@ -112,11 +113,14 @@ def _write(writer: VectorWriter, in_q: queue.Queue, failure: list) -> None:
 
 def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: str, instruction: str | None,
                  normalize: bool, dtype: str, batching: dict, start_row: int, progress: bool,
-                 encoder: RowEncoder | None = None) -> dict:
+                 encoder: RowEncoder | None = None, encode=None, ids: IdColumn | None = None) -> dict:
     """Run reader, inference (this thread) and writer until every row is committed; returns run counters.
 
     ``encoder`` turns rows into sequences (default: one per row, truncated at the embedder's max length; see
-    :mod:`lusifer.runtime.chunking` for windows).
+    :mod:`lusifer.runtime.chunking` for windows). ``encode`` (optional) turns a float32 block of row vectors
+    into ``(stored block, sidecar record or None)``, e.g. :meth:`lusifer.runtime.compact.Quantizer.encode`;
+    without it blocks are cast to ``dtype``. ``ids``: the job's id column, read with each chunk so that
+    truncated rows are listed by id too.
     """
     from tqdm.auto import tqdm
 
@@ -128,7 +132,7 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
     write_failure: list = []
     reader = threading.Thread(
         target=_read_and_tokenize, name="lusifer-reader", daemon=True,
-        args=(data, embedder, encoder, batching, start_row, tokens_q, stop),
+        args=(data, embedder, encoder, batching, start_row, tokens_q, stop, ids.name if ids is not None else None),
     )
     writer_thread = threading.Thread(target=_write, name="lusifer-writer", daemon=True,
                                      args=(writer, blocks_q, write_failure))
@@ -192,7 +196,7 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
                 block = emb
             if normalize:
                 block = l2_normalize(block)
-            block = block.astype(dtype, copy=False)
+            block, record = (block.astype(dtype, copy=False), None) if encode is None else encode(block)
             elapsed = time.perf_counter() - t0
             stats = {
                 "tokens": counters["tokens"] - tokens_before,
@@ -212,7 +216,7 @@ def run_pipeline(data: Corpus, embedder: Embedder, writer: VectorWriter, kind: s
                 "tokens_per_s": round(counters["tokens"] / elapsed, 1) if elapsed else 0.0,
             }
             t_handoff = time.perf_counter()
-            handed = _put(blocks_q, (item.start, block, stats, run_update), stop)
+            handed = _put(blocks_q, (item.start, block, stats, run_update, record), stop)
             timing["handoff_s"] += time.perf_counter() - t_handoff
             if not handed:
                 break

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from lusifer.runtime.chunking import ChunkSettings, RowEncoder, pool_rows
+from lusifer.runtime.compact import quantize
 from lusifer.runtime.corpus import open_parquet
 from lusifer.runtime.embedder import Embedder
 from lusifer.runtime.errors import CorpusError, ExportFolderError
@@ -138,4 +139,4 @@ class EmbedActor:
             block, truncated[:], windows[:] = emb, tokens.truncated, counts
         if o["normalize"]:
             block = l2_normalize(block)
-        return block.astype(o["dtype"], copy=False), truncated, windows
+        return quantize(block, o["dtype"], o.get("ranges")), truncated, windows

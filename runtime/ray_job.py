@@ -28,6 +28,7 @@ import numpy as np
 from lusifer.extras import require
 from lusifer.prompts import check_kind
 from lusifer.runtime.chunking import ChunkSettings, RowEncoder
+from lusifer.runtime.compact import calibrate, check_dtype, needs_calibration
 from lusifer.runtime.corpus import NULL_POLICIES, open_corpus
 from lusifer.runtime.default_model import resolve_default_model
 from lusifer.runtime.embedder import (
@@ -39,10 +40,11 @@ from lusifer.runtime.embedder import (
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.lengths import TruncationTally, describe_rows
+from lusifer.runtime.ids import shard_ids_at
+from lusifer.runtime.outputs import OUTPUT_FORMATS, QUANTIZATION_KEY, finish_shard, prepare_ids, quantizer_for
 from lusifer.runtime.ray_actor import EmbedActor
 from lusifer.runtime.ray_output import MANIFEST_NAME, ShardOutputs
 from lusifer.runtime.tokenize import TextTokenizer, cuda_tokenizer_env
-from lusifer.runtime.writer import OUTPUT_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class RaySummary:
     max_length: int = 0
     truncated: int = 0  # rows cut at the max length, over all complete shards
     truncated_rows: list[int] | None = None  # corpus positions of the first of them
+    truncated_ids: list[Any] | None = None  # their ids, when the job has an id column
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     windowed_rows: int = 0
@@ -82,7 +85,7 @@ class RaySummary:
             return f"{self.out_dir}: all {self.shards} shard(s) already complete ({self.rows} rows); nothing to do"
         lengths = f"truncated at max length: {self.truncated} row(s)"
         if self.truncated and self.truncated_rows:
-            lengths += f" ({describe_rows(self.truncated, self.truncated_rows)})"
+            lengths += f" ({describe_rows(self.truncated, self.truncated_rows, self.truncated_ids)})"
         lengths += f" [max length {self.max_length} tokens]"
         if self.chunk_tokens:
             lengths += (f"; split into windows of {self.chunk_tokens} text tokens (overlap {self.chunk_overlap}): "
@@ -143,6 +146,9 @@ def embed_corpus_ray(
     token_budget: int | None = None,
     max_batch_rows: int | None = None,
     progress: bool = True,
+    output_format: str = "npy",
+    id_column: str | None = None,
+    unique_ids: bool = False,
     max_length: int | None = None,
     chunk_tokens: int | None = None,
     chunk_overlap: int | None = None,
@@ -167,6 +173,11 @@ def embed_corpus_ray(
         token_budget: Most padded tokens per forward pass.
         max_batch_rows: Most rows per forward pass.
         progress: Show a tqdm progress bar.
+        output_format: ``"npy"`` (one ``.npy`` per shard) or ``"parquet"`` (one ``.parquet`` per shard with
+            ``id`` and ``embedding`` columns).
+        id_column, unique_ids: As :func:`embed_corpus` (per shard: ``<stem>.npy.ids.parquet`` or the ``id``
+            column). ``int8`` / ``uint8`` are calibrated on the first work item of the corpus (up to
+            ``rows_per_task`` rows of the first non-empty shard) before the other work starts.
         max_length, chunk_tokens, chunk_overlap: As :func:`embed_corpus` (part of the output's identity: a
             rerun must give the same values).
 
@@ -174,8 +185,9 @@ def embed_corpus_ray(
         A :class:`RaySummary`.
     """
     check_kind(kind)
-    if dtype not in OUTPUT_DTYPES:
-        raise ValueError(f"dtype={dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
+    check_dtype(dtype)
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format={output_format!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
     if on_null not in NULL_POLICIES:
         raise ValueError(f"on_null={on_null!r}; expected one of {', '.join(NULL_POLICIES)}")
     if num_gpus_per_actor not in (0, 1) or isinstance(num_gpus_per_actor, bool):
@@ -187,6 +199,7 @@ def embed_corpus_ray(
     device_kind = "cuda" if num_gpus_per_actor else "cpu"
     model_dir = Path(model if model is not None else resolve_default_model()).resolve()
     data = open_corpus(corpus, column, on_null)
+    ids = prepare_ids(data, id_column, unique_ids, progress)
     export = open_export(model_dir, device_kind, variant)
     manifest = export.manifest
     if instruction is not None and not isinstance(instruction, str):
@@ -213,10 +226,22 @@ def embed_corpus_ray(
     if manifest.variants[export.variant].quantization in ONE_ROW_PER_PASS_QUANTIZATIONS:
         # as in lusifer-embed's output: shards of an older, batched INT8 run must not be resumed
         identity["batching"] = {"one_row_per_pass": True}
+    if output_format != "npy":
+        identity["format"] = output_format
+    if ids is not None:
+        identity["ids"] = ids.describe()
     run_info = {"corpus_spec": str(corpus), "model_dir": str(model_dir), "address": address,
                 "gpus_per_actor": num_gpus_per_actor, "batching": {k: options[k] for k in
                                                                     ("token_budget", "max_batch_rows")}}
     outputs = ShardOutputs.open(out_dir, identity, data.shards, overwrite, run_info)
+    quantizer = quantizer_for(dtype, outputs.manifest, 0, out_dir)
+
+    def finish(i, staging, dest):
+        finish_shard(staging, dest, data.shards[i], ids, quantizer, manifest.embedding_dim, export.model_sha256)
+
+    outputs.finish_shard = finish
+    if ids is not None:
+        outputs.ids_at = lambda i, rows: shard_ids_at(data.shards[i], ids, rows)
     rows_per_task = rows_per_task or DEFAULT_WINDOW_ROWS[device_kind]
     for i in [i for i in outputs.todo if data.shards[i].rows == 0]:
         outputs.finish_empty(i)
@@ -237,7 +262,7 @@ def embed_corpus_ray(
     started = _connect(ray, address)
     try:
         summary = _run(ray, data, outputs, todo, model_dir, export, options, num_actors, num_gpus_per_actor,
-                       num_cpus_per_actor, rows_per_task, progress, base)
+                       num_cpus_per_actor, rows_per_task, progress, base, quantizer)
     finally:
         if started:
             ray.shutdown()
@@ -277,18 +302,9 @@ def actor_environment(gpus: int) -> dict:
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
-def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num_actors, gpus, cpus,
-         rows_per_task, progress, base) -> RaySummary:
-    from tqdm.auto import tqdm
-
-    num_actors = num_actors or _default_actors(ray, gpus, cpus)
-    work = plan_work(data.shards, todo, rows_per_task)
-    shards = [(str(s.path.resolve()), list(s.row_group_rows)) for s in data.shards]
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = False
-    ctx.raise_original_map_exception = True  # a CorpusError in an actor reaches the driver as itself
-    ds = ray.data.from_items(work, override_num_blocks=len(work)).map_batches(
+def _embed_dataset(ray, work: list[dict], shards, model_dir, export, options, num_actors, gpus, cpus):
+    """The Ray Data pipeline that embeds ``work`` items on an actor pool."""
+    return ray.data.from_items(work, override_num_blocks=len(work)).map_batches(
         EmbedActor,
         batch_size=1,
         fn_constructor_kwargs={
@@ -302,8 +318,40 @@ def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num
         max_task_retries=-1,
         **actor_environment(gpus),
     )
+
+
+def _calibrate(ray, data, outputs: ShardOutputs, quantizer, shards, model_dir, export, options, gpus, cpus,
+               rows_per_task) -> None:
+    """int8 / uint8: embed the corpus's first work item as float32 on one actor, store its ranges."""
+    nonempty = [i for i, s in enumerate(data.shards) if s.rows]
+    first = plan_work(data.shards, nonempty[:1], rows_per_task)[:1]
+    ds = _embed_dataset(ray, first, shards, model_dir, export, {**options, "dtype": "float32", "ranges": None},
+                        1, gpus, cpus)
+    block = np.concatenate([b["vector"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
+    quantizer.ranges = calibrate(block)
+    quantizer.calibration_rows = len(block)
+    outputs.manifest[QUANTIZATION_KEY] = quantizer.describe()
+    outputs.save()
+    logger.info("calibrated %s on %d rows of %s", quantizer.dtype, len(block), data.shards[nonempty[0]].path)
+
+
+def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num_actors, gpus, cpus,
+         rows_per_task, progress, base, quantizer) -> RaySummary:
+    from tqdm.auto import tqdm
+
+    num_actors = num_actors or _default_actors(ray, gpus, cpus)
+    work = plan_work(data.shards, todo, rows_per_task)
+    shards = [(str(s.path.resolve()), list(s.row_group_rows)) for s in data.shards]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    ctx.raise_original_map_exception = True  # a CorpusError in an actor reaches the driver as itself
     if not logger.isEnabledFor(logging.INFO):
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if needs_calibration(quantizer.dtype) and not quantizer.calibrated:
+        _calibrate(ray, data, outputs, quantizer, shards, model_dir, export, options, gpus, cpus, rows_per_task)
+    options = {**options, "ranges": quantizer.ranges.tolist() if quantizer.ranges is not None else None}
+    ds = _embed_dataset(ray, work, shards, model_dir, export, options, num_actors, gpus, cpus)
     rows_total = sum(data.shards[i].rows for i in todo)
     done_rows = 0
     tally = TruncationTally(max_length=options["max_length"])  # this run's rows, for the warning

@@ -1,9 +1,13 @@
-"""Output folder of a Ray job: one ``<shard-stem>.npy`` per input shard plus ``manifest.json``.
+"""Output folder of a Ray job: one ``<shard-stem>.npy`` (or ``.parquet``) per input shard plus ``manifest.json``.
 
 Each shard's vectors are filled into ``.<name>.npy.partial`` (a memory-mapped ``.npy``) as results arrive,
 flushed, and renamed to ``<name>.npy`` once every row is present; only then does the manifest (replaced
 atomically) mark the shard ``complete``. A rerun skips shards that are complete, present and of the right row
 count, and redoes the others from their first row.
+
+With an id column a ``.npy`` shard gets ``<shard-stem>.npy.ids.parquet`` beside it; a parquet shard is
+converted from its staging ``.npy`` when complete (ids in its ``id`` column). The calibration of the
+``int8`` / ``uint8`` dtypes is kept in the manifest's ``quantization`` across reruns.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lusifer.atomic import replace_file, write_json_atomic
+from lusifer.runtime.compact import storage_dtype, storage_width
 from lusifer.runtime.corpus import Shard
 from lusifer.runtime.errors import OutputError
-from lusifer.atomic import replace_file, write_json_atomic
 from lusifer.runtime.lengths import TRUNCATED_LISTED
-from lusifer.runtime.writer import identity_differences
+from lusifer.runtime.parquet_writer import is_complete_parquet
+from lusifer.runtime.writer import identity_differences, ids_path, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -30,17 +36,17 @@ MANIFEST_FORMAT = "lusifer-embed-ray/1"
 SHARD_PENDING, SHARD_RUNNING, SHARD_COMPLETE = "pending", "in_progress", "complete"
 
 
-def output_names(shards: list[Shard]) -> list[str]:
-    """Output file name per shard: ``<stem>.npy``; when stems clash, the path below the common folder.
+def output_names(shards: list[Shard], suffix: str = ".npy") -> list[str]:
+    """Output file name per shard: ``<stem><suffix>``; when stems clash, the path below the common folder.
 
     ``a/part-0.parquet`` and ``b/part-0.parquet`` become ``a__part-0.npy`` and ``b__part-0.npy``.
     """
     stems = [s.path.stem for s in shards]
     if len(set(stems)) == len(stems):
-        return [f"{stem}.npy" for stem in stems]
+        return [f"{stem}{suffix}" for stem in stems]
     paths = [s.path.resolve() for s in shards]
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    names = ["__".join(p.relative_to(root).with_suffix("").parts) + ".npy" for p in paths]
+    names = ["__".join(p.relative_to(root).with_suffix("").parts) + suffix for p in paths]
     clash = [n for n, c in Counter(names).items() if c > 1]
     if clash:
         raise OutputError(f"shards map to the same output file(s) {clash}; rename the parquet files")
@@ -60,15 +66,21 @@ def read_manifest(out_dir: Path) -> dict | None:
     return data
 
 
-def _complete_on_disk(out_dir: Path, entry: dict, rows: int, dim: int, dtype: str) -> bool:
+def _complete_on_disk(out_dir: Path, entry: dict, rows: int, identity: dict) -> bool:
     path = out_dir / entry["output"]
     if entry.get("status") != SHARD_COMPLETE or not path.is_file():
+        return False
+    dtype = identity["dtype"]
+    width = storage_width(dtype, identity["dim"])
+    if path.suffix == ".parquet":
+        return is_complete_parquet(path, rows, width, dtype)
+    if identity.get("ids") and not ids_path(path).is_file():
         return False
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError):
         return False
-    return arr.shape == (rows, dim) and arr.dtype == np.dtype(dtype)
+    return arr.shape == (rows, width) and arr.dtype == storage_dtype(dtype)
 
 
 class ShardOutputs:
@@ -82,10 +94,15 @@ class ShardOutputs:
         self.out_dir = out_dir
         self.manifest = manifest
         self.todo = todo
-        self.dim = manifest["identity"]["dim"]
-        self.dtype = np.dtype(manifest["identity"]["dtype"])
+        identity = manifest["identity"]
+        self.dim = storage_width(identity["dtype"], identity["dim"])  # stored values per row
+        self.dtype = storage_dtype(identity["dtype"])
         self._open: dict[int, tuple[np.memmap, np.ndarray]] = {}
         self._lengths: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per open shard: truncated, windows per row
+        # finish(i, staging, dest): puts shard i's complete staging .npy in place (see lusifer.runtime.outputs)
+        self.finish_shard = None
+        # ids_at(i, rows): the ids of rows of shard i, to list truncated rows by id (set when the job has ids)
+        self.ids_at = None
 
     @classmethod
     def open(cls, out_dir: str | os.PathLike, identity: dict, shards: list[Shard], overwrite: bool,
@@ -106,7 +123,7 @@ class ShardOutputs:
                     f"{str(out_dir / MANIFEST_NAME)!r} describes another job (" + "; ".join(diffs)
                     + "); use the same model and options, another --out, or --overwrite"
                 )
-        names = output_names(shards)
+        names = output_names(shards, ".parquet" if identity.get("format") == "parquet" else ".npy")
         old = {e["path"]: e for e in (previous or {}).get("shards", [])}
         entries, todo = [], []
         for i, (shard, name) in enumerate(zip(shards, names)):
@@ -114,14 +131,17 @@ class ShardOutputs:
             prev = old.get(desc["path"])
             done = (prev is not None and prev.get("rows") == shard.rows and prev.get("bytes") == shard.bytes
                     and prev.get("output") == name
-                    and _complete_on_disk(out_dir, prev, shard.rows, identity["dim"], identity["dtype"]))
+                    and _complete_on_disk(out_dir, prev, shard.rows, identity))
             entries.append({**desc, "output": name, "status": SHARD_COMPLETE if done else SHARD_PENDING})
             if not done:
                 todo.append(i)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name in [*names, MANIFEST_NAME]:  # temporary files of lusifer.atomic that a killed run left
+            remove_stale_temps(out_dir / name)
         if overwrite:
             for name in names:
                 (out_dir / name).unlink(missing_ok=True)
+                ids_path(out_dir / name).unlink(missing_ok=True)
         run = {**run_info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shards_to_embed": len(todo)}
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -131,6 +151,8 @@ class ShardOutputs:
             "shards": entries,
             "runs": list((previous or {}).get("runs", [])) + [run],
         }
+        if previous is not None and "quantization" in previous:
+            manifest["quantization"] = previous["quantization"]
         outputs = cls(out_dir, manifest, todo)
         outputs.save()
         return outputs
@@ -185,9 +207,15 @@ class ShardOutputs:
         entry = self.manifest["shards"][i]
         cut, counts = self._lengths.pop(i)
         rows = np.nonzero(cut)[0]
-        entry.update(truncated=int(len(rows)), truncated_rows=rows[:TRUNCATED_LISTED].tolist(),
+        listed = rows[:TRUNCATED_LISTED].tolist()
+        entry.update(truncated=int(len(rows)), truncated_rows=listed,
                      windowed_rows=int((counts > 1).sum()), windows=int(counts[counts > 1].sum()))
-        replace_file(self._partial(i), self.out_dir / entry["output"])
+        if self.ids_at is not None and listed:
+            entry["truncated_ids"] = self.ids_at(i, listed)
+        if self.finish_shard is not None:
+            self.finish_shard(i, self._partial(i), self.out_dir / entry["output"])
+        else:
+            replace_file(self._partial(i), self.out_dir / entry["output"])
         entry["status"] = SHARD_COMPLETE
         self.save()
 
@@ -208,15 +236,20 @@ class ShardOutputs:
         self.save()
 
     def length_totals(self) -> dict:
-        """Over the complete shards: truncated rows (count and first few corpus positions) and windows."""
-        totals = {"truncated": 0, "truncated_rows": [], "windowed_rows": 0, "windows": 0}
+        """Over the complete shards: truncated rows (count, first few corpus positions and, with ids, their
+        ids) and windows."""
+        totals = {"truncated": 0, "truncated_rows": [], "truncated_ids": [], "windowed_rows": 0, "windows": 0}
         base = 0
         for entry in self.manifest["shards"]:
             if entry["status"] == SHARD_COMPLETE:
                 totals["truncated"] += entry.get("truncated", 0)
                 totals["windowed_rows"] += entry.get("windowed_rows", 0)
                 totals["windows"] += entry.get("windows", 0)
-                room = TRUNCATED_LISTED - len(totals["truncated_rows"])
-                totals["truncated_rows"] += [base + r for r in entry.get("truncated_rows", [])[:max(room, 0)]]
+                room = max(TRUNCATED_LISTED - len(totals["truncated_rows"]), 0)
+                listed = entry.get("truncated_rows", [])[:room]
+                totals["truncated_rows"] += [base + r for r in listed]
+                totals["truncated_ids"] += entry.get("truncated_ids", [])[:len(listed)]
             base += entry["rows"]
+        if not totals["truncated_ids"] or len(totals["truncated_ids"]) != len(totals["truncated_rows"]):
+            totals["truncated_ids"] = None  # no ids (or none listed)
         return totals

@@ -5,7 +5,12 @@ Files for ``--out vectors.npy``:
 * ``vectors.npy.partial``: the array being written (a valid ``.npy`` header, rows filled in corpus order);
 * ``vectors.npy.json``: the sidecar: what is embedded (model checksum, corpus files and row counts,
   options), progress (``completed_rows``) and, once done, the summary;
-* ``vectors.npy``: appears only when every row is written (atomic rename of the partial file).
+* ``vectors.npy``: appears only when every row is written (atomic rename of the partial file);
+* ``vectors.npy.ids.parquet``: with an id column, the ids in row order (written just before that rename).
+
+For ``--out vectors.parquet`` the rows are staged in ``vectors.parquet.staging.npy`` the same way and
+converted into ``vectors.parquet`` at the end (:mod:`lusifer.runtime.parquet_writer`). Compact dtypes
+(:mod:`lusifer.runtime.compact`) store their calibration in the sidecar's ``quantization``.
 
 Each chunk is written, flushed to the file, and only then is the sidecar's ``completed_rows`` advanced (an
 atomic replace of the JSON file), so a kill at any moment leaves a state that ``--resume`` continues exactly.
@@ -13,6 +18,7 @@ atomic replace of the JSON file), so a kill at any moment leaves a state that ``
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -22,13 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from lusifer.atomic import replace_file, write_json_atomic
+from lusifer.atomic import fsync_dir, replace_file, write_json_atomic
+from lusifer.runtime.compact import OUTPUT_DTYPES, storage_dtype
 from lusifer.runtime.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = "lusifer-embed/1"
-OUTPUT_DTYPES = ("float32", "float16")
+OUTPUT_SUFFIXES = (".npy", ".parquet")
 STATUS_RUNNING = "in_progress"
 STATUS_COMPLETE = "complete"
 
@@ -39,6 +46,31 @@ def sidecar_path(out: str | os.PathLike) -> Path:
 
 def partial_path(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".partial")
+
+
+def staging_path(out: str | os.PathLike) -> Path:
+    """Where rows are committed: the partial file itself for ``.npy``; a ``.staging.npy`` for parquet."""
+    return partial_path(out) if Path(out).suffix == ".npy" else Path(str(out) + ".staging.npy")
+
+
+def ids_path(out: str | os.PathLike) -> Path:
+    """The ids file beside a ``.npy`` output run with an id column."""
+    return Path(str(out) + ".ids.parquet")
+
+
+def output_files(out: str | os.PathLike) -> list[Path]:
+    """Every file an output may consist of (final, partial, staging, ids, sidecar)."""
+    paths = [Path(out), partial_path(out), staging_path(out), ids_path(out), sidecar_path(out)]
+    return list(dict.fromkeys(paths))
+
+
+def remove_stale_temps(out: str | os.PathLike) -> None:
+    """Remove the temporary files a killed run left beside ``out``: the hidden ``.<name>.<pid>.<random>.partial``
+    files of :mod:`lusifer.atomic` through which the output, its sidecar and its ids file are written."""
+    out = Path(out)
+    for path in (out, sidecar_path(out), ids_path(out)):
+        for tmp in out.parent.glob(f".{glob.escape(path.name)}.[0-9]*.partial"):
+            tmp.unlink(missing_ok=True)
 
 
 def read_sidecar(out: str | os.PathLike) -> dict | None:
@@ -68,11 +100,11 @@ def check_output(out: str | os.PathLike, resume: bool, overwrite: bool) -> dict 
     out = Path(out)
     if resume and overwrite:
         raise OutputError("--resume and --overwrite exclude each other: choose one")
-    if out.suffix != ".npy":
-        raise OutputError(f"output {str(out)!r} must be a .npy file")
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise OutputError(f"output {str(out)!r} must be a .npy or .parquet file")
     if out.is_dir():
-        raise OutputError(f"output {str(out)!r} is a folder; expected a .npy file path")
-    existing = [p for p in (out, partial_path(out), sidecar_path(out)) if p.exists()]
+        raise OutputError(f"output {str(out)!r} is a folder; expected a .npy or .parquet file path")
+    existing = [p for p in output_files(out) if p.exists()]
     if overwrite or not existing:
         return None
     previous = read_sidecar(out)
@@ -87,7 +119,7 @@ def check_output(out: str | os.PathLike, resume: bool, overwrite: bool) -> dict 
         done = previous.get("progress", {}).get("completed_rows", 0)
         total = previous.get("identity", {}).get("shape", ["?"])[0]
         raise OutputError(
-            f"an unfinished run left {str(partial_path(out))!r} ({done} of {total} rows done); "
+            f"an unfinished run left {str(staging_path(out))!r} ({done} of {total} rows done); "
             "pass --resume to continue it or --overwrite to start over"
         )
     raise OutputError(
@@ -119,12 +151,12 @@ class VectorWriter:
 
     def __init__(self, out: Path, sidecar: dict, header_bytes: int):
         self.out = out
-        self.partial = partial_path(out)
+        self.partial = staging_path(out)  # the memory-mapped .npy that rows are committed to
         self.sidecar = sidecar
         self.header_bytes = header_bytes
         identity = sidecar["identity"]
-        self.rows, self.dim = identity["shape"]
-        self.dtype = np.dtype(identity["dtype"])
+        self.rows, self.dim = identity["shape"]  # dim: stored values per row (bytes for binary dtypes)
+        self.dtype = storage_dtype(identity["dtype"])
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -142,13 +174,15 @@ class VectorWriter:
         if identity["dtype"] not in OUTPUT_DTYPES:
             raise OutputError(f"output dtype {identity['dtype']!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
         run = {**run_info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        remove_stale_temps(out)
         if previous is not None:
             return cls._continue(out, identity, previous, run)
-        for path in (out, partial_path(out), sidecar_path(out)):
+        for path in output_files(out):
             if path.exists():
                 path.unlink()
         rows, dim = identity["shape"]
-        mm = np.lib.format.open_memmap(partial_path(out), mode="w+", dtype=identity["dtype"], shape=(rows, dim))
+        mm = np.lib.format.open_memmap(staging_path(out), mode="w+", dtype=storage_dtype(identity["dtype"]),
+                                       shape=(rows, dim))
         header = mm.offset
         mm.flush()
         del mm
@@ -176,7 +210,7 @@ class VectorWriter:
             )
         done = previous["progress"]["completed_rows"]
         rows = identity["shape"][0]
-        partial = partial_path(out)
+        partial = staging_path(out)
         if previous.get("status") == STATUS_COMPLETE or (not partial.exists() and out.exists() and done == rows):
             if not out.exists():
                 raise OutputError(f"sidecar says {str(out)!r} is complete but the file is missing; pass --overwrite")
@@ -192,7 +226,7 @@ class VectorWriter:
             mm = np.lib.format.open_memmap(partial, mode="r+")
         except (ValueError, OSError) as exc:
             raise OutputError(f"cannot resume: {str(partial)!r} is not a readable .npy file ({exc})") from exc
-        if mm.shape != tuple(identity["shape"]) or mm.dtype != np.dtype(identity["dtype"]):
+        if mm.shape != tuple(identity["shape"]) or mm.dtype != storage_dtype(identity["dtype"]):
             raise OutputError(
                 f"cannot resume: {str(partial)!r} holds {mm.shape} {mm.dtype}, expected {tuple(identity['shape'])} "
                 f"{identity['dtype']}; pass --overwrite"
@@ -217,7 +251,8 @@ class VectorWriter:
     def progress(self) -> dict:
         return self.sidecar["progress"]
 
-    def commit(self, start: int, block: np.ndarray, stats: dict[str, Any], run_update: dict[str, Any]) -> None:
+    def commit(self, start: int, block: np.ndarray, stats: dict[str, Any], run_update: dict[str, Any],
+               record: dict[str, Any] | None = None) -> None:
         """Write rows ``start : start + len(block)``, flush them to the file, then advance the sidecar.
 
         Args:
@@ -226,6 +261,7 @@ class VectorWriter:
             stats: Counters to add to the sidecar's progress (tokens, truncated, ...); a list value replaces
                 the stored one (e.g. the first truncated rows).
             run_update: Fields to set on this run's entry in ``runs`` (rows, seconds, rates).
+            record: Top-level sidecar fields to set with this chunk (e.g. the int8 calibration of chunk 0).
         """
         if start != self.completed_rows:
             raise RuntimeError(f"chunk starts at row {start} but {self.completed_rows} rows are committed")
@@ -245,14 +281,28 @@ class VectorWriter:
         progress["completed_rows"] = start + n
         progress["chunks"] = progress.get("chunks", 0) + 1
         self.sidecar["runs"][-1].update(run_update)
+        self.sidecar.update(record or {})
         write_json_atomic(sidecar_path(self.out), self.sidecar, sort_keys=True)
 
-    def finalize(self, summary: dict[str, Any]) -> Path:
-        """Rename the complete partial file to the output path and mark the sidecar complete."""
+    def finalize(self, summary: dict[str, Any], finish=None) -> Path:
+        """Put the complete output in place and mark the sidecar complete.
+
+        Args:
+            summary: Stored as the sidecar's ``summary``.
+            finish: Called with this writer while the staging file still exists (writes the ids file, or
+                converts the staging file into a parquet output and removes it); must be repeatable.
+        """
         if self.completed_rows != self.rows:
             raise RuntimeError(f"only {self.completed_rows} of {self.rows} rows are written")
         if self.partial.exists():
-            replace_file(self.partial, self.out)
+            if finish is not None:
+                finish(self)
+            if self.partial.exists() and self.partial != self.out:
+                if self.out.suffix == ".npy":
+                    replace_file(self.partial, self.out)
+                else:  # a parquet output was written from the staging file
+                    self.partial.unlink()
+                    fsync_dir(self.out.parent)
         self.sidecar["status"] = STATUS_COMPLETE
         self.sidecar["summary"] = summary
         write_json_atomic(sidecar_path(self.out), self.sidecar, sort_keys=True)

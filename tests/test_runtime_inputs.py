@@ -153,7 +153,7 @@ def test_incomplete_export(export_copy, tmp_path, out):
 def test_output_must_be_npy(tiny_export, tmp_path):
     path = write_parquet(tmp_path / "c.parquet", ["a"])
     result = embed_cli(path, "--out", tmp_path / "vectors.bin", "--model", tiny_export)
-    assert_fails(result, "must be a .npy file")
+    assert_fails(result, "must be a .npy or .parquet file")
 
 
 def test_shard_discovery_folder_and_glob(tmp_path):

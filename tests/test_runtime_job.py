@@ -145,11 +145,11 @@ def test_resume_refuses_a_different_job(tiny_export, texts, tmp_path):
 SLOW_CLI = (
     "import sys, time\n"
     "import lusifer.runtime.embedder as E\n"
-    "orig = E.Embedder.embed_tokens\n"
+    "orig = E.Embedder.run_batches\n"  # what the pipeline calls once per chunk
     "def slow(self, *a, **k):\n"
     "    time.sleep(0.25)\n"
     "    return orig(self, *a, **k)\n"
-    "E.Embedder.embed_tokens = slow\n"
+    "E.Embedder.run_batches = slow\n"
     "from lusifer.runtime.cli import main\n"
     "main(sys.argv[1:])\n"
 )

@@ -219,3 +219,57 @@ def test_without_ray_the_cli_says_which_extra_to_install(tiny_export, shard_fold
     proc = run_python(code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("1 ") and "pip install 'lusifer[ray]'" in proc.stdout, proc.stdout
+
+
+def test_ray_parquet_shards_with_ids_and_int8(local_ray, tiny_export, shard_folder, tmp_path):
+    """One parquet per shard (ids of that shard in its id column, int8 codes calibrated once on the first work
+    item and kept in the manifest), as the single-process job gives them; a .npy folder gets ids files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lusifer.runtime.compact import quantize
+
+    corpus = tmp_path / "corpus"
+    for i, (a, b) in enumerate(pairwise(BOUNDS)):
+        texts = pq.read_table(shard_folder / f"part-{i * 5}.parquet").column("text").to_pylist()
+        write_parquet(corpus / f"part-{i * 5}.parquet", texts, row_group_size=16,
+                      doc=pa.array([f"d{r}" for r in range(a, b)], type=pa.string()))
+    single = tmp_path / "single.npy"
+    embed_corpus(corpus, single, tiny_export, device="cpu", progress=False)
+    floats = np.load(single)
+    out = tmp_path / "out"
+    summary = embed_corpus_ray(corpus, out, tiny_export, num_actors=2, rows_per_task=16, dtype="int8",
+                               output_format="parquet", id_column="doc", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    # rows cut at the tiny export's 64 tokens are listed by id too (looked up when their shard completes)
+    assert summary.truncated_rows and summary.truncated_ids == [f"d{r}" for r in summary.truncated_rows]
+    first = summary.truncated_rows[0]
+    assert f"ids 'd{first}' (row {first})" in summary.format()
+    assert [e["output"] for e in manifest["shards"]] == [f"part-{i * 5}.parquet" for i in range(5)]
+    assert manifest["identity"]["format"] == "parquet" and manifest["identity"]["ids"]["column"] == "doc"
+    ranges = np.asarray(manifest["quantization"]["ranges"], dtype=np.float32)
+    assert manifest["quantization"]["calibration_rows"] == 16  # the first work item: rows 0-15 of part-0
+    np.testing.assert_allclose(ranges, np.vstack((floats[:16].min(0), floats[:16].max(0))), atol=1e-6)
+    tables = [pq.read_table(out / e["output"]) for e in manifest["shards"]]
+    assert sum((t.column("id").to_pylist() for t in tables), []) == [f"d{r}" for r in range(BOUNDS[-1])]
+    codes = np.concatenate([np.stack(t.column("embedding").to_numpy()) for t in tables if t.num_rows])
+    assert codes.dtype == np.int8
+    assert np.abs(codes.astype(int) - quantize(floats, "int8", ranges).astype(int)).max() <= 1  # fp noise only
+    outputs = [e["output"] for e in manifest["shards"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *outputs])
+    again = embed_corpus_ray(corpus, out, tiny_export, num_actors=1, dtype="int8", output_format="parquet",
+                             id_column="doc", progress=False)
+    assert again.shards_embedded == 0
+    with pytest.raises(OutputError, match="describes another job.*ids: was"):
+        embed_corpus_ray(corpus, out, tiny_export, dtype="int8", output_format="parquet", progress=False)
+    npy = tmp_path / "npy"
+    result = CliRunner().invoke(main, [str(corpus), "--out", str(npy), "--model", str(tiny_export), "--no-progress",
+                                       "--ray", "--num-actors", "1", "--id-column", "doc", "--dtype", "ubinary"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ids = [pq.read_table(npy / f"part-{i * 5}.npy.ids.parquet").column("id").to_pylist() for i in range(5)]
+    assert sum(ids, []) == [f"d{r}" for r in range(BOUNDS[-1])]
+    packed = _concat(npy)
+    assert packed.dtype == np.uint8 and packed.shape == (BOUNDS[-1], floats.shape[1] // 8)
+    sure = np.abs(floats) > 1e-5
+    assert (np.unpackbits(packed, axis=1).astype(bool) == (floats > 0))[sure].all()
