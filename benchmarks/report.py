@@ -220,6 +220,16 @@ def headline_rows(results: Sequence[Result]) -> list[tuple[Result, str, str]]:
                    f"{info['decoder_layers_full']} layers, random weights), ORT fp16, {_n(ort['rows'])} rows",
                 f"{_n(ort['tokens_per_s'])} tokens/s, **{_pct(ort['fraction_of_peak'])} of the measured bf16 peak**; "
                 f"{ort['tokens_per_s'] / torch_['tokens_per_s']:.2f}x PyTorch bf16 eager"))
+
+    r = latest(results, "reference_7b", "released LUSIFER shape on GPU", gpu=True,
+               has_rows=("lusifer-embed", "pytorch-reference-way"))
+    e, ref = r.rows["lusifer-embed"], r.rows["pytorch-reference-way"]
+    layers = r.data["flop_shape"]["dec_layers"]
+    out.append((r, f"released LUSIFER (imported checkpoint layout, random weights, {layers} of Mistral-7B's 32 layers), "
+                   f"`lusifer-embed` fp16 vs the reference's way of encoding (PyTorch bf16, batches of 256 in corpus "
+                   f"order), {_n(e['rows'])} rows",
+                f"{_n(e['tokens_per_s'])} vs {_n(ref['tokens_per_s'])} tokens/s "
+                f"(**{e['tokens_per_s'] / ref['tokens_per_s']:.2f}x**), {_pct(e['peak_share'])} of the measured bf16 peak"))
     return out
 
 
@@ -295,6 +305,17 @@ def _scaling(r: Result) -> str:
             + md_table(["rows", "embed s", "s per 1k rows", "tokens/s", "peak RSS MiB", "padding"], rows))
 
 
+def _reference_7b(r: Result) -> str:
+    rows = [(name, row.get("plan", ""), _n(row["tokens_per_s"]), _n(row["rows_per_s"]), _pct(row["peak_share"]),
+             _pct(row["padding"]), f"{row['peak_gpu_mem_gib']:.1f}")
+            for name, row in r.rows.items()]
+    peak = r.data.get("peak") or {}
+    head = (f"The released LUSIFER's layout (random weights) imported with `lusifer-train import-reference`, "
+            f"{r.data['flop_shape']['dec_layers']} of 32 decoder layers; {_n(r.data.get('corpus_rows', 0))} rows; "
+            f"bf16 peak (8192^3 matmul, best) {peak.get('best_tflops', 0):.0f} TFLOP/s.\n\n")
+    return head + md_table(["row", "how", "tokens/s", "rows/s", "of bf16 peak", "padding", "peak GPU GiB"], rows)
+
+
 def _cuda_parity(r: Result) -> str:
     rows = [(Path(path).name, e.get("fusions", "-"), e["provider"], f"{e['min_cosine']:.6f}",
              f"{e['mean_cosine']:.6f}") for path, e in r.data["exports"].items()]
@@ -337,6 +358,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "edge": _edge,
     "scaling": _scaling,
     "cuda_parity": _cuda_parity,
+    "reference_7b": _reference_7b,
     "int8_tail": _int8_tail,
     "compact_bitext": _compact_bitext,
     "unique_ids_memory": _unique_ids_memory,
@@ -347,6 +369,7 @@ TITLES = {
     "edge": "Size, cold start and single-text latency (`benchmarks.edge`)",
     "scaling": "`lusifer-embed` at growing corpus sizes (`benchmarks.scaling`)",
     "cuda_parity": "fp16 graphs on CUDA vs PyTorch fp32 (`benchmarks.cuda_parity`)",
+    "reference_7b": "The released LUSIFER's shape: `lusifer-embed` vs the reference's encoding (`benchmarks.reference_7b`)",
     "int8_tail": "Where INT8 vectors differ from fp32 (`benchmarks.int8_tail`)",
     "compact_bitext": "Retrieval quality of the compact output dtypes (`benchmarks.compact_bitext`)",
     "unique_ids_memory": "Memory of the `--unique-ids` check (`benchmarks.unique_ids_memory`)",
