@@ -104,7 +104,8 @@ def prompt_parts(tokenizer: TextTokenizer, kind: str, instruction: str | None) -
     """The formatted strings before and after the text for ``kind`` and ``instruction`` (as ``format``)."""
     m = tokenizer.manifest
     template = m.query_template if kind == "query" else m.document_template
-    parts = format_text(_SENTINEL, template, tokenizer.resolve_instruction(kind, instruction)).split(_SENTINEL)
+    parts = format_text(_SENTINEL, template, tokenizer.resolve_instruction(kind, instruction),
+                        m.prompt_style).split(_SENTINEL)
     if len(parts) != 2:
         raise OptionError(f"the {kind} template {template!r} holds {{text}} {len(parts) - 1} times; chunking "
                           "needs it exactly once")
@@ -171,7 +172,8 @@ class RowEncoder:
             self._full.no_padding()
         # prompt and special tokens, from a one-token text with the job's (truncating) tokenizer: exact as long as
         # they leave room for text, which is what is checked
-        probe = tokenizer.tokenizer.encode(self.before + _PROBE_TEXT + self.after, add_special_tokens=True)
+        self._specials = tokenizer.manifest.add_special_tokens  # False when the templates write <s>/</s> as text
+        probe = tokenizer.tokenizer.encode(self.before + _PROBE_TEXT + self.after, add_special_tokens=self._specials)
         a, b = text_token_span(probe.special_tokens_mask, probe.offsets, len(self.before),
                                len(self.before) + len(_PROBE_TEXT))
         self.prompt_tokens = len(probe.ids) - (b - a)
@@ -194,7 +196,8 @@ class RowEncoder:
             return RowTokens(sequences=tokens, rows=len(tokens), first=None, weights=None, truncated=tokens.truncated)
         size, overlap, limit = self.chunk.tokens, self.chunk.overlap, self.max_length
         start = len(self.before)
-        encodings = self._full.encode_batch([self.before + t + self.after for t in texts], add_special_tokens=True)
+        encodings = self._full.encode_batch([self.before + t + self.after for t in texts],
+                                            add_special_tokens=self._specials)
         seqs: list[list[int]] = []
         weights: list[int] = []
         first = np.zeros(len(texts) + 1, dtype=np.int64)

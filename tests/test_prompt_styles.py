@@ -49,3 +49,28 @@ def test_manifest_rejects_unknown_text_format_values():
         _manifest(prompt_style="e5")
     with pytest.raises(ManifestError, match="truncation='left'"):
         _manifest(truncation="left")
+
+
+def test_chunking_follows_the_reference_text_format(tmp_path):
+    """Windows of a reference-style export keep its literal <s>{instruction}.\\n ... </s> in every window, and a
+    short row is tokenised exactly as without chunking."""
+    from lusifer.runtime.chunking import ChunkSettings, RowEncoder
+    from lusifer.runtime.tokenize import TextTokenizer
+    from lusifer.tiny import build_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path)
+    manifest = ExportManifest(embedding_dim=4, max_length=24, pad_token_id=1, variants={"fp32": VariantInfo("m.onnx")},
+                              query_template=REFERENCE_QUERY_TEMPLATE, document_template=REFERENCE_DOCUMENT_TEMPLATE,
+                              prompt_style="reference", truncation="cut-specials")
+    tok = TextTokenizer(tmp_path / "tokenizer.json", manifest)
+    encoder = RowEncoder(tok, "query", "", ChunkSettings(8, 2))
+    long_text = " ".join(["word"] * 40)
+    rows = encoder.encode(["hi", long_text])
+    np.testing.assert_array_equal(rows.sequences.row(0), tok.encode(["hi"], "query", "").row(0))
+    head = tok.encode([""], "query", "").row(0)[:-1]  # "<s>.\n" as the template writes it, without "</s>"
+    assert head[0] == 0 and np.count_nonzero(head == 0) == 1
+    windows = [rows.sequences.row(i) for i in range(rows.first[1], rows.first[2])]
+    assert len(windows) > 2
+    for seq in windows:
+        assert seq[: len(head)].tolist() == head.tolist() and seq[-1] == 2 and np.count_nonzero(seq == 2) == 1
+        assert len(seq) <= len(head) + 8 + 1
