@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +15,7 @@ from lusifer.export.errors import (
     UnsupportedArchitectureError,
 )
 
+from lusifer.atomic import replace_folder
 from lusifer.backbones import SUPPORTED_DECODERS, SUPPORTED_ENCODERS
 from lusifer.config import LusiferConfig
 from lusifer.onnx_interface import MANIFEST_NAME
@@ -168,19 +168,7 @@ def _apply_umask(folder: Path) -> None:
 def move_into_place(staging: Path, target: Path) -> None:
     """Replace ``target`` by the finished ``staging`` folder (the old export is removed only afterwards)."""
     _apply_umask(staging)
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old / target.name, target)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, target)
 
 
 def write_compact_tokenizer(src: Path, dst: Path) -> int:

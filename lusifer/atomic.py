@@ -5,8 +5,8 @@ so the rename stays on one file system), flushed to disk, then renamed over the 
 folder is synced too, so the rename survives a power cut. On an error the temporary file is removed and the
 target is left as it was. Standard library only (imported by the runtime and by training code alike).
 
-Folders are made whole the same way by their owners (a staging folder renamed into place: checkpoints, exports,
-saved models); this module covers single files.
+A folder is made whole the same way: written under a staging name beside its target, then swapped in by
+:func:`replace_folder` (saved models, exports, converted backbones); checkpoints keep their own rename.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,6 +51,28 @@ def replace_file(source: str | os.PathLike, target: str | os.PathLike, durable: 
     os.replace(source, target)
     if durable:
         fsync_dir(target.parent)
+    return target
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Swap a finished ``staging`` folder in as ``target`` (same file system); an old ``target`` is moved aside
+    first and removed only once the new one is in place, so an error leaves the old folder as it was.
+    """
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old / target.name, target)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 

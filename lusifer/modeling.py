@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lusifer.atomic import replace_folder
 from lusifer.extras import require
 
 torch = require("torch", purpose="use LusiferModel")
@@ -216,9 +217,7 @@ class LusiferModel(nn.Module):
             saved.encoder_path = ENCODER_DIR if self.encoder is not None else ""
             saved.llm_path = LLM_DIR
             saved.to_json(staging / CONFIG_NAME, _format_version=FORMAT_VERSION, _versions=library_versions())
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            replace_folder(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -17,9 +17,7 @@ from lusifer.vectors import cosine_matrix, l2_normalize, row_cosines
 REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("lusifer", "runtime", "export", "train", "benchmarks")
 # where a folder is made whole by renaming a staging folder into place (atomic.py covers single files)
-FOLDER_SWAPS = {"export/folders.py", "train/prepare_data.py", "train/lusifer_small.py", "train/checkpoint.py",
-                "lusifer/convert/gguf_llm.py", "lusifer/convert/e5s1.py", "lusifer/modeling.py",
-                "train/reference_import.py"}
+FOLDER_SWAPS = {"train/prepare_data.py", "train/lusifer_small.py", "train/checkpoint.py"}
 
 
 def _code_files():
@@ -129,3 +127,29 @@ def test_json_written_by_the_runtime_is_unchanged_in_form(tmp_path):
     text = (tmp_path / "s.json").read_text("utf-8")
     assert text == json.dumps({"z": [1, 2], "a": {"y": "ü", "b": None}}, indent=2, sort_keys=True,
                               ensure_ascii=False) + "\n"
+
+
+def test_replace_folder_swaps_in_the_new_folder_and_keeps_the_old_one_on_error(tmp_path, monkeypatch):
+    from lusifer.atomic import replace_folder
+
+    target, staging = tmp_path / "model", tmp_path / ".model.staging"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staging.mkdir()
+    (staging / "new.txt").write_text("new")
+    replace_folder(staging, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (target / "new.txt").read_text() == "new"
+
+    staging.mkdir()
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if Path(src) == staging:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        replace_folder(staging, target)
+    assert (target / "new.txt").read_text() == "new"  # the folder in place is left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.staging", "model"]

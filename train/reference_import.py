@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lusifer.atomic import replace_folder
 from lusifer.extras import require
 
 logger = logging.getLogger(__name__)
@@ -631,9 +632,7 @@ def import_reference(
             },
         )
         config.to_json(staging / CONFIG_NAME, _format_version=FORMAT_VERSION, _versions=library_versions())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

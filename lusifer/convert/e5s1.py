@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lusifer.atomic import replace_folder
 from lusifer.extras import require
 
 logger = logging.getLogger(__name__)
@@ -425,9 +426,7 @@ def convert_e5s1(
         os.chmod(staging, 0o755)
         bert.save_pretrained(str(staging), safe_serialization=True)
         save_tokenizer(tokenizer_json, staging, max_length=config.max_position_embeddings)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

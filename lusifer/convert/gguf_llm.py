@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lusifer.atomic import replace_folder
 from lusifer.extras import require
 
 logger = logging.getLogger(__name__)
@@ -102,9 +103,7 @@ def convert_gguf_llm(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, d
         model.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
         _tidy_tokenizer_config(staging / "tokenizer_config.json", int(model.config.max_position_embeddings))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
