@@ -34,7 +34,6 @@ from lusifer.runtime.embedder import (
     DEFAULT_MAX_BATCH_ROWS,
     DEFAULT_TOKEN_BUDGET,
     DEFAULT_WINDOW_ROWS,
-    ONE_ROW_PER_PASS_QUANTIZATIONS,
 )
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
@@ -43,6 +42,7 @@ from lusifer.runtime.ray_actor import EmbedActor
 from lusifer.runtime.ray_output import MANIFEST_NAME, ShardOutputs
 from lusifer.runtime.tokenize import TextTokenizer, cuda_tokenizer_env
 from lusifer.runtime.writer import OUTPUT_DTYPES
+from lusifer.onnx_interface import ONE_ROW_PER_PASS_QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
 

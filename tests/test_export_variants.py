@@ -51,7 +51,7 @@ def fp16_export(tiny_factory, tmp_path_factory, one_torch_thread):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("lusifer.export.onnx_export.EXTERNAL_DATA_THRESHOLD_BYTES", 0)
             manifest = export_model(tiny_factory(*PAIR), target, dtype="fp16", quantize="int8", overwrite=True,
-                                    fp16_fusions="all")
+                                    fp16_fusions="all", int8_scheme="dynamic")
     finally:
         export_logger.removeHandler(records)
         export_logger.setLevel(level)
