@@ -255,6 +255,18 @@ def _cpu_suite(r: Result) -> str:
     return text
 
 
+def _graph_ab(r: Result) -> str:
+    d = r.data
+    rows = [(name, _rate(g["rows_per_s"]), f"{g['speed_vs_first']:.2f}x", _n(g["tokens"]),
+             f"{g['min_cosine_to_first']:.4f}", f"{g['bytes'] / 1e6:.1f}") for name, g in d["graphs"].items()]
+    text = (f"{d['corpus_rows']} rows, {d['threads']} threads, best of {d['rounds']} alternating rounds on the same "
+            "batches.\n\n")
+    if d.get("note"):
+        text += d["note"] + "\n\n"
+    return text + md_table(["graph", "rows/s", f"vs {d['first']}", "tokens", f"min cosine to {d['first']}",
+                            "graph MB"], rows)
+
+
 def _gpu_suite(r: Result) -> str:
     descriptions = r.data.get("row_descriptions") or {}
     rows = [(name, descriptions.get(name, ""), _n(row["tokens_per_s"]), _n(row["rows_per_s"]),
@@ -315,6 +327,7 @@ def _int8_tail(r: Result) -> str:
 
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "cpu_suite": _cpu_suite,
+    "graph_ab": _graph_ab,
     "gpu_suite": _gpu_suite,
     "edge": _edge,
     "scaling": _scaling,
@@ -323,6 +336,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
 }
 TITLES = {
     "cpu_suite": "PyTorch vs `lusifer-embed` fp32 / INT8 on CPU (`benchmarks.cpu_suite`)",
+    "graph_ab": "Graph variants on the same batches (`benchmarks.graph_ab`)",
     "gpu_suite": "GPU rows (`benchmarks.gpu_suite`)",
     "edge": "Size, cold start and single-text latency (`benchmarks.edge`)",
     "scaling": "`lusifer-embed` at growing corpus sizes (`benchmarks.scaling`)",

@@ -30,19 +30,20 @@ from lusifer.extras import require
 logger = logging.getLogger(__name__)
 
 BITS = 8
-BLOCK_SIZE = 32
+BLOCK_SIZE = 64
 # MLAS: quantise the activations to int8 per block at run time and multiply in integers
 ACCURACY_LEVEL = 4
 METHOD = (f"ONNX Runtime MatMulNBits: {BITS}-bit symmetric weights in blocks of {BLOCK_SIZE}, activations int8 per "
           f"row and block at run time (accuracy_level {ACCURACY_LEVEL})")
 
 
-def quantize_block(model, embeddings: bool = True) -> dict:
+def quantize_block(model, embeddings: bool = True, block_size: int = BLOCK_SIZE) -> dict:
     """Rewrite ``model`` (weights in memory) into the block INT8 graph; returns the new ModelProto and counts.
 
     Args:
         model: The fp32 ModelProto with its weights loaded.
         embeddings: Also store the token table int8 with per-row scales.
+        block_size: Weights (and, at run time, activations) share one scale per this many input channels.
 
     Returns:
         ``{"model": ModelProto, "matmuls": n, "matmuls_left_float": n, "token_tables": [names]}``.
@@ -55,9 +56,9 @@ def quantize_block(model, embeddings: bool = True) -> dict:
     tables = [u for u in find_units(model, embeddings=True) if u.kind == "embedding"] if embeddings else []
     if tables:
         quantize_units(model, tables, "uint8")  # token tables only: int8 rows with per-row scales
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_LEVEL,
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=ACCURACY_LEVEL,
                                           bits=BITS)
-    quantizer = MatMulNBitsQuantizer(model, bits=BITS, block_size=BLOCK_SIZE, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(model, bits=BITS, block_size=block_size, is_symmetric=True,
                                      accuracy_level=ACCURACY_LEVEL, algo_config=config)
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quiet.level
