@@ -50,7 +50,7 @@ def test_block_int8_is_the_default_scheme_and_validates(block_export):
     assert summary["token_tables"]  # the encoder's token table is int8
     int8_bytes = sum((block_export / f).stat().st_size for f in info.files)
     fp32_bytes = sum((block_export / f).stat().st_size for f in manifest.variants["fp32"].files)
-    assert int8_bytes < 0.5 * fp32_bytes
+    assert int8_bytes < 0.75 * fp32_bytes  # tiny layers are padded to whole blocks; lusifer-small: 0.26x
 
 
 def test_block_int8_runs_batched_and_a_text_gets_the_same_vector_whatever_its_batch(block_export):
