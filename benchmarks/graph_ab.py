@@ -9,7 +9,7 @@ round of each graph is reported with its ratio to the first graph, so load that 
 graph alike. A graph may take its own export with ``NAME=PATH@EXPORT`` (another tokenizer or prompt, e.g. a
 model with fewer learnable tokens: its rows then carry other token counts, which the file reports). Min and mean
 cosine of each graph's vectors to the first graph's (same texts) are reported too; they mean something only for
-graphs of the same weights.
+graphs of the same weights. The variants are made with :mod:`benchmarks.graph_variants`.
 """
 
 from __future__ import annotations
