@@ -83,3 +83,10 @@ def test_unknown_int8_scheme_is_refused(tiny_factory, tmp_path):
     with pytest.raises(ExportOptionError, match="int8_scheme='int4'"):
         export_model(tiny_factory(*PAIR), tmp_path / "x", quantize="int8", int8_scheme="int4")
     assert not (tmp_path / "x").exists()
+
+
+def test_block_int8_below_its_floor_fails_and_leaves_nothing(tiny_factory, tmp_path):
+    result = CliRunner().invoke(export_main, [str(tiny_factory(*PAIR)), "--out", str(tmp_path / "export"),
+                                              "--quantize", "int8", "--int8-min-cosine", "1.0"])
+    assert result.exit_code != 0 and "ExportParityError" in result.output and "int8" in result.output
+    assert list(tmp_path.iterdir()) == []
