@@ -179,10 +179,11 @@ def headline_rows(results: Sequence[Result]) -> list[tuple[Result, str, str]]:
     r = latest(results, "edge", "edge figures", gpu=False, where=lambda r: "int8" in r.data.get("variants", {}))
     v = r.data["variants"]["int8"]
     lat = v["latency"]
+    threads = sorted(lat, key=int)
     out.append((r, f"lusifer-small INT8 (edge): folder size, cold start, one {r.data['text_tokens']}-token query "
-                   f"p50 on 1 / 2 threads",
+                   f"p50 on {' / '.join(threads)} thread(s)",
                 f"{v['size']['total_mb']:.1f} MB, {v['cold_start']['threads_2_verify_on']['median_s']:.2f} s, "
-                f"{lat['1']['p50_ms']:.0f} / {lat['2']['p50_ms']:.0f} ms"))
+                + " / ".join(f"{lat[t]['p50_ms']:.0f}" for t in threads) + " ms"))
 
     r = latest(results, "cuda_parity", "fp16 on CUDA vs PyTorch fp32", gpu=True)
     worst = min(e["min_cosine"] for e in r.data["exports"].values())
