@@ -63,6 +63,8 @@ def learnable(model_dir: Path, out: Path, keep: int) -> dict:
 
     from lusifer.modeling import CONFIG_NAME
 
+    if not (model_dir / CONFIG_NAME).is_file():
+        raise BenchmarkError(f"{model_dir} holds no {CONFIG_NAME}: not a saved LusiferModel folder")
     config = json.loads((model_dir / CONFIG_NAME).read_text("utf-8"))
     have = int(config["num_learnable_tokens"])
     if not 1 <= keep <= have:

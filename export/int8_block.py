@@ -10,9 +10,10 @@ must run one row per pass). The token table (``Gather`` on ``input_ids``) is sto
 (:func:`lusifer.export.int8_graph.quantize_units`), which keeps the folder's INT8 graph about a quarter of the
 fp32 graph's size.
 
-Measured on lusifer-small (2-core AMD EPYC with AVX-512 VNNI, ONNX Runtime 1.32): min cosine 0.998 to fp32 on
-corpus rows; speed in ``benchmarks/results/cpu/`` (``cpu_small_2k_int8_block``). 4-bit weights lose too much
-(min cosine 0.69 measured on the same model), so only 8 bits are offered.
+Measured on lusifer-small (2-core AMD EPYC with AVX-512 VNNI, ONNX Runtime 1.32): 1.49x fp32 rows/s, min cosine
+0.996 to fp32 over 2,000 corpus rows, dev-suite drift -0.15 points (``benchmarks/results/cpu/
+cpu_small_2k_int8_block.md``); blocks of 64 ran 1.06x blocks of 32 (``graph_ab_small_cpu.md``). 4-bit weights
+lose too much (min cosine 0.69 measured on the same model), so only 8 bits are offered.
 """
 
 from __future__ import annotations
