@@ -42,7 +42,7 @@ LAUNCHER = (
 )
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 VERSION_DISTS = ("lusifer", "numpy", "pyarrow", "tokenizers", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
-                 "transformers", "safetensors")
+                 "transformers", "safetensors", "openvino")
 
 
 class BenchmarkError(Exception):
@@ -203,6 +203,25 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_FLAGS = {  # /proc/cpuinfo flag -> the name results files use (the ratio between INT8 and fp32 depends on them)
+    "avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512bw": "AVX-512BW", "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI", "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX", "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
+
+
+def cpu_isa() -> list[str]:
+    """The vector and matrix instruction sets of this CPU that matter for fp32/INT8 kernels (x86 flags)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [name for flag, name in ISA_FLAGS.items() if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
 def _mem_total_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -262,6 +281,7 @@ def machine_info() -> dict[str, Any]:
         usable = os.cpu_count()
     info = {
         "cpu": _cpu_model(),
+        "cpu_isa": cpu_isa(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "physical_cores": physical_cores(),
@@ -322,6 +342,7 @@ def machine_md(machine: dict) -> str:
     return (
         f"- machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs ({machine['physical_cores']} physical "
         f"cores), {machine['memory_gib']} GiB RAM; GPUs: {gpus}\n"
+        f"- CPU instruction sets: {', '.join(machine.get('cpu_isa') or []) or 'not recorded'}\n"
         f"- load average (1, 5, 15 min) at start: {machine['load_average_at_start']}\n"
         f"- libraries: {libs}\n"
         f"- git: {git.get('commit', '?')}; started {machine['started']}\n"

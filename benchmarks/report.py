@@ -179,10 +179,11 @@ def headline_rows(results: Sequence[Result]) -> list[tuple[Result, str, str]]:
     r = latest(results, "edge", "edge figures", gpu=False, where=lambda r: "int8" in r.data.get("variants", {}))
     v = r.data["variants"]["int8"]
     lat = v["latency"]
+    threads = sorted(lat, key=int)
     out.append((r, f"lusifer-small INT8 (edge): folder size, cold start, one {r.data['text_tokens']}-token query "
-                   f"p50 on 1 / 2 threads",
+                   f"p50 on {' / '.join(threads)} thread(s)",
                 f"{v['size']['total_mb']:.1f} MB, {v['cold_start']['threads_2_verify_on']['median_s']:.2f} s, "
-                f"{lat['1']['p50_ms']:.0f} / {lat['2']['p50_ms']:.0f} ms"))
+                + " / ".join(f"{lat[t]['p50_ms']:.0f}" for t in threads) + " ms"))
 
     r = latest(results, "cuda_parity", "fp16 on CUDA vs PyTorch fp32", gpu=True)
     worst = min(e["min_cosine"] for e in r.data["exports"].values())
@@ -263,6 +264,18 @@ def _cpu_suite(r: Result) -> str:
                  "languages: " + ", ".join(f"{m} {_signed(statistics.fmean(d))} points ({len(d)} languages)"
                                            for m, d in sorted(deltas.items())) + ".\n")
     return text
+
+
+def _graph_ab(r: Result) -> str:
+    d = r.data
+    rows = [(name, _rate(g["rows_per_s"]), f"{g['speed_vs_first']:.2f}x", _n(g["tokens"]),
+             f"{g['min_cosine_to_first']:.4f}", f"{g['bytes'] / 1e6:.1f}") for name, g in d["graphs"].items()]
+    text = (f"{d['corpus_rows']} rows, {d['threads']} threads, best of {d['rounds']} alternating rounds on the same "
+            "batches.\n\n")
+    if d.get("note"):
+        text += d["note"] + "\n\n"
+    return text + md_table(["graph", "rows/s", f"vs {d['first']}", "tokens", f"min cosine to {d['first']}",
+                            "graph MB"], rows)
 
 
 def _gpu_suite(r: Result) -> str:
@@ -354,6 +367,7 @@ def _unique_ids_memory(r: Result) -> str:
 
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "cpu_suite": _cpu_suite,
+    "graph_ab": _graph_ab,
     "gpu_suite": _gpu_suite,
     "edge": _edge,
     "scaling": _scaling,
@@ -365,6 +379,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
 }
 TITLES = {
     "cpu_suite": "PyTorch vs `lusifer-embed` fp32 / INT8 on CPU (`benchmarks.cpu_suite`)",
+    "graph_ab": "Graph variants on the same batches (`benchmarks.graph_ab`)",
     "gpu_suite": "GPU rows (`benchmarks.gpu_suite`)",
     "edge": "Size, cold start and single-text latency (`benchmarks.edge`)",
     "scaling": "`lusifer-embed` at growing corpus sizes (`benchmarks.scaling`)",

@@ -9,6 +9,8 @@
 - ``ort-batches``: the ONNX Runtime graph of an export over pre-tokenised batches, through the runtime's
   :class:`~lusifer.runtime.session.GraphRunner` (IO binding on CUDA; model only);
 - ``ort-profile``: CUDA kernel time of the ORT graph by kernel category (torch.profiler; CUDA only);
+- ``openvino-cpu``: the same ONNX graph of an export run by OpenVINO on CPU over a corpus (the runtime's
+  tokenisation and token-budget batches, tokenisation inside the span as for ``lusifer-embed``): a peer row;
 - ``latency``: single-text latency of :meth:`lusifer.runtime.Embedder.embed`;
 - ``peak``: a square matrix product's throughput (the measured peak for the fraction-of-peak figures);
 - ``build-random``: a random-weight model of a shape (:mod:`benchmarks.models`).
@@ -170,6 +172,41 @@ def ort_batches(args) -> dict:
             "warmup_batches": args.warmup, "threads": embedder.threads}
 
 
+# ---- OpenVINO over a corpus (a peer row: what a user could pick instead of ONNX Runtime) ---------------------
+def openvino_cpu(args) -> dict:
+    import openvino as ov
+    import pyarrow.parquet as pq
+
+    from lusifer.runtime import Embedder
+    from lusifer.vectors import l2_normalize
+
+    texts = pq.read_table(args.corpus, columns=["text"]).column("text").to_pylist()
+    t_load = time.perf_counter()
+    # the runtime's tokenizer and batch planner (no ONNX Runtime session is used for the timed pass)
+    embedder = Embedder(args.export, device="cpu", variant=args.variant, threads=1)
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if args.precision != "default":
+        config["INFERENCE_PRECISION_HINT"] = args.precision
+    compiled = core.compile_model(core.read_model(str(embedder.export.graph_path)), "CPU", config)
+    request = compiled.create_infer_request()
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+    load_s = time.perf_counter() - t_load
+    started = time.perf_counter()
+    tokens = embedder.tokenize(texts, kind="document")
+    batches = embedder.make_batches(tokens)
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    for batch in batches:
+        result = request.infer({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+        out[batch.positions] = l2_normalize(np.asarray(result[compiled.output(0)], dtype=np.float32))
+    seconds = time.perf_counter() - started
+    np.save(args.out, out)
+    return {**_counts(tokens, batches), "rows": len(texts), "seconds": seconds, "load_seconds": load_s,
+            "variant": embedder.variant, "threads": args.threads, "inference_precision": precision,
+            "openvino": ov.__version__}
+
+
 KERNEL_CATEGORIES = (  # (category, lower-case substrings of a CUDA kernel name), first match wins
     ("norm", ("layernorm", "layer_norm", "skiplayernorm", "rmsnorm", "cuapplylayernorm")),
     ("attention (fused)", ("flash", "fmha", "attention")),
@@ -323,6 +360,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="on CUDA, ONNX Runtime's own intra-op pool (one spinning thread per core) instead of the runtime's one thread")
     _plan_options(p)
     p.set_defaults(func=ort_batches)
+    p = sub.add_parser("openvino-cpu")
+    p.add_argument("--export", required=True)
+    p.add_argument("--variant", default="fp32")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("f32", "bf16", "default"), default="f32",
+                   help="OpenVINO's inference precision (default: what OpenVINO picks for this CPU)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=openvino_cpu)
     p = sub.add_parser("ort-profile")
     p.add_argument("--variant", required=True)
     p.add_argument("--profile-batches", type=int, default=24, help="batches profiled, spread over the plan")

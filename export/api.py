@@ -30,8 +30,10 @@ from lusifer.export.quantize import (
 from lusifer.extras import require
 from lusifer.onnx_interface import (
     DEFAULT_FP16_FUSIONS,
+    DEFAULT_INT8_SCHEME,
     DEFAULT_OPSET,
     FP16_FUSIONS,
+    INT8_SCHEMES,
     MIN_COSINE,
     TOKENIZER_NAME,
     VARIANT_FILES,
@@ -134,6 +136,7 @@ def export_model(
     int8_required: bool = True,
     fp16_fusions: str = DEFAULT_FP16_FUSIONS,
     validation_device: str = "cpu",
+    int8_scheme: str = DEFAULT_INT8_SCHEME,
 ) -> ExportManifest:
     """Export a saved LusiferModel to a self-contained ONNX folder and validate every graph.
 
@@ -143,8 +146,11 @@ def export_model(
     ``manifest.json`` (``source.architecture`` names the architecture). It is assembled in a ``.<name>.partial-*`` folder beside
     ``out_dir`` and moved into place only when complete.
 
-    The INT8 graph (:mod:`lusifer.export.quantize`): SmoothQuant, dynamic INT8 MatMuls with each input's
-    largest channels in a small fp32 product, an int8 token table, and, only if that misses
+    The INT8 graph: with ``int8_scheme="block"`` (default, :mod:`lusifer.export.int8_block`) ONNX Runtime's
+    ``MatMulNBits`` with 8-bit weights and activations quantised per row and block at run time (batch-invariant,
+    batched by the runtime), and an int8 token table; with ``"dynamic"`` (:mod:`lusifer.export.quantize`)
+    SmoothQuant, dynamic INT8 MatMuls (one activation scale per pass: the runtime runs one row per pass) with
+    each input's largest channels in a small fp32 product, an int8 token table, and, only if that misses
     ``int8_min_cosine``, the MatMuls whose INT8 form costs most on calibration texts kept in fp32.
 
     Args:
@@ -155,6 +161,8 @@ def export_model(
         opset: ONNX opset (17 to 20).
         overwrite: Replace an existing export folder at ``out_dir``.
         int8_min_cosine: Lowest acceptable cosine of the INT8 graph to PyTorch fp32.
+        int8_scheme: ``"block"`` or ``"dynamic"`` (:data:`lusifer.onnx_interface.INT8_SCHEMES`); the options
+            ``int8_smooth_alpha``, ``int8_weight_type`` and ``int8_outlier_share`` apply to ``"dynamic"`` only.
         int8_smooth_alpha: SmoothQuant migration strength in [0, 1] (0: no smoothing).
         int8_weight_type: ``"uint8"`` (8-bit per-column weights) or ``"int8"`` (7-bit; faster u8 x s8
             kernels on x86, less precise).
@@ -191,6 +199,8 @@ def export_model(
     check_options(dtype, quantize, opset, int8_min_cosine, int8_options)
     if not isinstance(int8_required, bool):
         raise ExportOptionError(f"int8_required={int8_required!r} must be True or False")
+    if int8_scheme not in INT8_SCHEMES:
+        raise ExportOptionError(f"int8_scheme={int8_scheme!r} must be one of {', '.join(INT8_SCHEMES)}")
     if fp16_fusions not in FP16_FUSIONS:
         raise ExportOptionError(f"fp16_fusions={fp16_fusions!r} must be one of {', '.join(FP16_FUSIONS)}")
     for module in ("torch", "transformers", "onnx", "onnxruntime"):
@@ -245,7 +255,7 @@ def export_model(
     if validation_device == "cuda":
         model.to("cpu")  # trace on the CPU, as always; free the GPU for the ONNX Runtime validation
         require("torch").cuda.empty_cache()
-    calibration = calibration_batches(model) if quantize == "int8" else []
+    calibration = calibration_batches(model) if quantize == "int8" and int8_scheme == "dynamic" else []
     budget = _parameter_budget(model)
     llm_vocab = int(model.llm.get_input_embeddings().weight.shape[0])
     llm_hidden = int(model.config.llm_hidden)
@@ -287,11 +297,20 @@ def export_model(
         if quantize == "int8":
             int8_path = staging / VARIANT_FILES["int8"]
             try:
-                int8_files, int8_summary, parity = export_int8(
-                    fp32_path, int8_path, work / "int8", calibration, reference, float(int8_min_cosine),
-                    config.embedding_dim, int8_options,
-                )
-                variants["int8"] = variant_info(staging, int8_path.name, int8_files, "fp32", "int8", parity)
+                if int8_scheme == "block":
+                    from lusifer.export.int8_block import export_int8_block
+
+                    int8_files, int8_summary, parity = export_int8_block(
+                        fp32_path, int8_path, reference, float(int8_min_cosine), config.embedding_dim,
+                        int8_options.embeddings,
+                    )
+                else:
+                    int8_files, int8_summary, parity = export_int8(
+                        fp32_path, int8_path, work / "int8", calibration, reference, float(int8_min_cosine),
+                        config.embedding_dim, int8_options,
+                    )
+                variants["int8"] = variant_info(staging, int8_path.name, int8_files, "fp32",
+                                                INT8_SCHEMES[int8_scheme], parity)
             except ExportError as exc:
                 if int8_required:
                     raise

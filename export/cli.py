@@ -9,7 +9,14 @@ import click
 from lusifer.export.int8_graph import WEIGHT_TYPES
 from lusifer.export.quantize import DEFAULT_OUTLIER_SHARE, DEFAULT_SMOOTH_ALPHA, DEFAULT_WEIGHT_TYPE
 
-from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, DEFAULT_OPSET, FP16_FUSIONS, MIN_COSINE
+from lusifer.onnx_interface import (
+    DEFAULT_FP16_FUSIONS,
+    DEFAULT_INT8_SCHEME,
+    DEFAULT_OPSET,
+    FP16_FUSIONS,
+    INT8_SCHEMES,
+    MIN_COSINE,
+)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +26,13 @@ from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, DEFAULT_OPSET, FP16_FUS
     "--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
     help="fp32 (CPU or CUDA) or fp16 (CUDA execution provider).",
 )
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write a dynamic INT8 graph (CPU).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write an INT8 graph (CPU; see --int8-scheme).")
+@click.option(
+    "--int8-scheme", type=click.Choice(list(INT8_SCHEMES)), default=DEFAULT_INT8_SCHEME, show_default=True,
+    help="block: ONNX Runtime MatMulNBits, 8-bit weights, activations quantised per row and block (batch-invariant, "
+         "batched); dynamic: SmoothQuant + dynamic INT8 (one scale per pass: run one row per pass; the "
+         "--int8-smooth-alpha, --int8-weights and --int8-outlier-share options).",
+)
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (17-20).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder at --out.")
 @click.option(
@@ -66,6 +79,7 @@ def main(
     quantize: str | None,
     opset: int,
     overwrite: bool,
+    int8_scheme: str,
     int8_min_cosine: float,
     int8_smooth_alpha: float,
     int8_weight_type: str,
@@ -99,6 +113,7 @@ def main(
             quantize=quantize,
             opset=opset,
             overwrite=overwrite,
+            int8_scheme=int8_scheme,
             int8_min_cosine=int8_min_cosine,
             int8_smooth_alpha=int8_smooth_alpha,
             int8_weight_type=int8_weight_type,

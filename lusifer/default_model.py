@@ -6,7 +6,7 @@ cached export) and :mod:`lusifer.train.lusifer_small` (which builds it) import i
 Locations:
 
 - cache root: ``$LUSIFER_CACHE_DIR`` or ``~/.cache/lusifer`` (also holds the downloaded base packages);
-  the export goes to ``<root>/models/lusifer-small-<version>/export`` (CPU: fp32) or ``export-cuda``
+  the export goes to ``<root>/models/lusifer-small-<version>/export`` (CPU: fp32 + block INT8) or ``export-cuda``
   (CUDA: fp16).
 - trained weights: ``$LUSIFER_SMALL_WEIGHTS`` or ``<source checkout>/models/lusifer-small`` (the weights are
   not package data: a wheel install needs ``LUSIFER_SMALL_WEIGHTS`` or ``--model EXPORT_DIR``).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 DEFAULT_MODEL_NAME = "lusifer-small"
 # bump when the committed weights or the build recipe change: a new version is a new cache folder
-DEFAULT_MODEL_VERSION = "0.2.0"
+DEFAULT_MODEL_VERSION = "0.3.0"
 CACHE_ENV = "LUSIFER_CACHE_DIR"
 WEIGHTS_ENV = "LUSIFER_SMALL_WEIGHTS"
 DEFAULT_CACHE_ROOT = "~/.cache/lusifer"

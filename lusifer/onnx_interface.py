@@ -34,6 +34,15 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 # ---- variants and their parity tolerances (vs PyTorch fp32) -----------------------------------------
 VARIANT_FILES: dict[str, str] = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 MIN_COSINE: dict[str, float] = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
+# INT8 graphs (CPU only), by the manifest's variant ``quantization``:
+# - "int8-block": ONNX Runtime's MatMulNBits, 8-bit weights in blocks along K, activations quantised at run time
+#   per row and block (accuracy_level 4): a row's vector does not depend on its batch-mates;
+# - "int8": dynamic INT8 (activation scale per tensor and per forward pass): run one row per pass.
+QUANTIZATIONS: tuple[str, ...] = ("int8-block", "int8")
+ONE_ROW_PER_PASS_QUANTIZATIONS = frozenset({"int8"})
+# lusifer-export --int8-scheme -> the manifest's quantization
+INT8_SCHEMES: dict[str, str] = {"block": "int8-block", "dynamic": "int8"}
+DEFAULT_INT8_SCHEME = "block"
 # fp16 graph fusion levels (lusifer.export.fp16): traced ops; norms + bias/GELU; also rotary and attention
 FP16_FUSIONS: tuple[str, ...] = ("none", "norm", "all")
 DEFAULT_FP16_FUSIONS = "norm"
@@ -54,7 +63,7 @@ class VariantInfo:
     Args:
         file: Graph file name inside the export folder.
         dtype: Compute dtype, ``"fp32"`` or ``"fp16"``.
-        quantization: ``None`` or ``"int8"`` (dynamic, CPU).
+        quantization: ``None`` or one of :data:`QUANTIZATIONS` (INT8 graphs, CPU only).
         files: Every file of this graph (graph + external data) mapped to its sha256.
         parity: Validation figures vs PyTorch (``min_cosine``, ``max_abs_diff``, per-language figures...).
     """
@@ -68,8 +77,10 @@ class VariantInfo:
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "fp16"):
             raise ManifestError(f"variant dtype={self.dtype!r}; expected 'fp32' or 'fp16'")
-        if self.quantization not in (None, "int8"):
-            raise ManifestError(f"variant quantization={self.quantization!r}; expected null or 'int8'")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ManifestError(
+                f"variant quantization={self.quantization!r}; expected null or one of {', '.join(QUANTIZATIONS)}"
+            )
 
 
 @dataclass

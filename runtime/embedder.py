@@ -16,6 +16,7 @@ from lusifer.runtime.errors import EmbedError, ExportFolderError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.session import GraphRunner, create_session, resolve_device
 from lusifer.runtime.tokenize import TextTokenizer, TokenizedTexts
+from lusifer.onnx_interface import ONE_ROW_PER_PASS_QUANTIZATIONS
 from lusifer.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ MAX_INFLIGHT = 8
 # takes one scale for the whole [rows, tokens, features] activation, padding included). Batched, a row's
 # vector would depend on the other rows of its batch: on 2,048 corpus rows of lusifer-small, batched INT8 had
 # min cosine 0.956 to fp32 (75 rows below 0.98) and one row per pass 0.984 (mean 0.9985), at the same speed
-# on 2 CPU cores. These variants therefore run one row per forward pass.
-ONE_ROW_PER_PASS_QUANTIZATIONS = frozenset({"int8"})
+# on 2 CPU cores. These variants therefore run one row per forward pass. The "int8-block" graphs (the default
+# INT8 scheme) quantise activations per row and block, so they run batched like fp32.
 
 
 def check_texts(texts: Sequence, where: str = "texts") -> None:

@@ -70,7 +70,7 @@ def choose_variant(manifest: ExportManifest, device_kind: str, requested: str | 
             raise ExportFolderError(
                 f"variant {requested!r} is not in this export; it has {', '.join(available)}"
             )
-        if device_kind == "cuda" and manifest.variants[requested].quantization == "int8":
+        if device_kind == "cuda" and manifest.variants[requested].quantization is not None:
             raise DeviceError(
                 f"variant {requested!r} is an INT8 graph, which runs on CPU only; "
                 "use --variant fp16/fp32 with --device cuda, or --device cpu"
@@ -78,9 +78,9 @@ def choose_variant(manifest: ExportManifest, device_kind: str, requested: str | 
         return requested
     for name in VARIANT_PREFERENCE[device_kind]:
         info = manifest.variants.get(name)
-        if info is not None and not (device_kind == "cuda" and info.quantization == "int8"):
+        if info is not None and not (device_kind == "cuda" and info.quantization is not None):
             return name
-    usable = [n for n, v in manifest.variants.items() if not (device_kind == "cuda" and v.quantization == "int8")]
+    usable = [n for n, v in manifest.variants.items() if not (device_kind == "cuda" and v.quantization is not None)]
     if not usable:
         raise DeviceError(f"this export has only CPU-only INT8 variants ({', '.join(available)}); use --device cpu")
     return usable[0]

@@ -35,8 +35,8 @@ from lusifer.runtime.embedder import (
     DEFAULT_MAX_BATCH_ROWS,
     DEFAULT_TOKEN_BUDGET,
     DEFAULT_WINDOW_ROWS,
-    ONE_ROW_PER_PASS_QUANTIZATIONS,
 )
+from lusifer.onnx_interface import ONE_ROW_PER_PASS_QUANTIZATIONS
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
 from lusifer.runtime.lengths import TruncationTally, describe_rows

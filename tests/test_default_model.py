@@ -99,7 +99,8 @@ def test_build_merges_lora_and_exports_matching_embeddings(tiny_release, tmp_pat
                                 checksums=tiny_release["checksums"], progress=False)
     assert built == out.resolve() and (out / "manifest.json").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["variants"]) == {"fp32"}
+    assert set(manifest["variants"]) == {"fp32", "int8"}  # the CPU build ships the block INT8 graph the runtime picks
+    assert manifest["variants"]["int8"]["quantization"] == "int8-block"
     info = json.loads((out.parent / "export.build.json").read_text())
     assert info["merge"]["stage1"]["merged"] == ["encoder"]
     assert info["merge"]["stage2"]["merged"] == ["encoder", "llm"]

@@ -192,7 +192,8 @@ def test_sensitivity_scores_follow_the_chunk_losses(plan, calibration):
 def test_ladder_keeps_units_until_the_floor_is_met(tiny_factory, tmp_path, caplog):
     """A floor the all-INT8 graph misses: the most sensitive units go back to fp32, and the graph validates."""
     with caplog.at_level(logging.INFO, logger="lusifer.export"):
-        manifest = export_model(tiny_factory(*PAIR), tmp_path / "export", quantize="int8", int8_min_cosine=0.9999)
+        manifest = export_model(tiny_factory(*PAIR), tmp_path / "export", quantize="int8", int8_min_cosine=0.9999,
+                                int8_scheme="dynamic")
     info = manifest.source["int8_quantization"]
     attempts = info["attempts"]
     assert attempts[0]["kept_fp32"] == 0 and attempts[-1]["kept_fp32"] == len(info["kept_fp32"]) > 0

