@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +16,33 @@ from lusifer.onnx_interface import ExportManifest, ManifestError
 
 logger = logging.getLogger(__name__)
 
-# Preferred variants per device, best first. int8 is a CPU-only graph (dynamic quantisation).
+# Preferred variants per device, best first. int8 is a CPU-only graph.
 VARIANT_PREFERENCE = {"cuda": ("fp16", "fp32"), "cpu": ("int8", "fp32", "fp16")}
+# x86 flags of fast int8 dot products. Without them ONNX Runtime's 8-bit MatMulNBits kernels ran slower than the
+# fp32 graph (0.72x, lusifer-small on an AVX2 CPU), with them faster (1.49x, AVX-512 VNNI; docs/benchmarks.md).
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_has_fast_int8(cpuinfo: str | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU multiplies int8 quickly: x86 with VNNI or AMX; any other architecture (ARM's dot-product
+    instructions), or an x86 CPU whose flags cannot be read, counts as yes.
+
+    Args:
+        cpuinfo: The text of ``/proc/cpuinfo`` (read when ``None``).
+        machine: ``platform.machine()`` (read when ``None``).
+    """
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return True
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool(INT8_DOT_FLAGS & set(line.partition(":")[2].split()))
+    return True
 
 
 @dataclass(frozen=True)
@@ -56,13 +82,20 @@ def load_manifest(folder: str | os.PathLike) -> ExportManifest:
         raise ExportFolderError(str(exc)) from exc
 
 
-def choose_variant(manifest: ExportManifest, device_kind: str, requested: str | None) -> str:
+def choose_variant(
+    manifest: ExportManifest, device_kind: str, requested: str | None, fast_int8: bool | None = None
+) -> str:
     """Pick the ONNX variant for a device: fp16 on CUDA, int8 on CPU when present, else fp32.
+
+    The block INT8 graph (``quantization="int8-block"``) is the CPU default only where the CPU has fast int8
+    dot products (:func:`cpu_has_fast_int8`); elsewhere fp32 is chosen and the reason logged. An explicit
+    ``requested`` variant is always used.
 
     Args:
         manifest: The export manifest.
         device_kind: ``"cpu"`` or ``"cuda"``.
         requested: An explicit variant name, or ``None`` for the default.
+        fast_int8: Whether the CPU has fast int8 dot products; ``None`` = detect.
     """
     available = list(manifest.variants)
     if requested is not None:
@@ -78,8 +111,16 @@ def choose_variant(manifest: ExportManifest, device_kind: str, requested: str | 
         return requested
     for name in VARIANT_PREFERENCE[device_kind]:
         info = manifest.variants.get(name)
-        if info is not None and not (device_kind == "cuda" and info.quantization is not None):
-            return name
+        if info is None or (device_kind == "cuda" and info.quantization is not None):
+            continue
+        if info.quantization == "int8-block" and "fp32" in manifest.variants:
+            if fast_int8 is None:
+                fast_int8 = cpu_has_fast_int8()
+            if not fast_int8:
+                logger.info("variant %r not chosen: this CPU lacks fast int8 dot products (VNNI/AMX), where its "
+                            "graph ran slower than fp32; using fp32 (--variant %s forces it)", name, name)
+                continue
+        return name
     usable = [n for n, v in manifest.variants.items() if not (device_kind == "cuda" and v.quantization is not None)]
     if not usable:
         raise DeviceError(f"this export has only CPU-only INT8 variants ({', '.join(available)}); use --device cpu")

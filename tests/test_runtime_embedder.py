@@ -240,6 +240,15 @@ def test_cuda_session_that_falls_back_to_cpu_is_refused(tiny_export, monkeypatch
             Embedder(tiny_export, device="cuda")
 
 
+def test_fast_int8_detection_reads_the_cpu_flags():
+    from lusifer.runtime.export_folder import cpu_has_fast_int8
+
+    assert cpu_has_fast_int8("flags\t: fpu avx2 fma avx512f avx512_vnni\n", "x86_64")
+    assert cpu_has_fast_int8("flags\t: fpu avx2 avx_vnni\n", "x86_64")
+    assert not cpu_has_fast_int8("flags\t: fpu sse4_2 avx2 fma\n", "x86_64")
+    assert cpu_has_fast_int8("Features\t: fp asimd asimddp\n", "aarch64")
+
+
 def test_variant_choice_by_device():
     def manifest(*names):
         files = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
@@ -253,6 +262,11 @@ def test_variant_choice_by_device():
 
     assert choose_variant(manifest("fp32", "fp16", "int8"), "cuda", None) == "fp16"
     assert choose_variant(manifest("fp32", "fp16", "int8"), "cpu", None) == "int8"
+    block = manifest("fp32", "int8")
+    block.variants["int8"] = VariantInfo(file="model_int8.onnx", dtype="fp32", quantization="int8-block")
+    assert choose_variant(block, "cpu", None, fast_int8=True) == "int8"
+    assert choose_variant(block, "cpu", None, fast_int8=False) == "fp32"  # block INT8 is slower without VNNI
+    assert choose_variant(block, "cpu", "int8", fast_int8=False) == "int8"  # asked for: always used
     assert choose_variant(manifest("fp32", "fp16"), "cpu", None) == "fp32"
     assert choose_variant(manifest("fp32", "int8"), "cuda", None) == "fp32"
     assert choose_variant(manifest("fp32", "fp16"), "cpu", "fp16") == "fp16"
