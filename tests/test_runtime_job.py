@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import MULTILINGUAL_TEXTS
-from test_runtime_support import corpus_texts, read_sidecar, write_parquet
+from test_runtime_support import corpus_texts, kill_cli_after_rows, read_sidecar, write_parquet
 
 from lusifer.runtime import Embedder, OutputError, embed_corpus
 from lusifer.runtime.batching import make_batch, plan_batches
@@ -142,19 +138,6 @@ def test_resume_refuses_a_different_job(tiny_export, texts, tmp_path):
         embed_corpus(corpus, out, tiny_export, device="cpu", resume=True, chunk_rows=7, progress=False)
 
 
-SLOW_CLI = (
-    "import sys, time\n"
-    "import lusifer.runtime.embedder as E\n"
-    "orig = E.Embedder.run_batches\n"  # what the pipeline calls once per chunk
-    "def slow(self, *a, **k):\n"
-    "    time.sleep(0.25)\n"
-    "    return orig(self, *a, **k)\n"
-    "E.Embedder.run_batches = slow\n"
-    "from lusifer.runtime.cli import main\n"
-    "main(sys.argv[1:])\n"
-)
-
-
 def test_kill_mid_run_then_resume_gives_identical_file(tiny_export, texts, tmp_path):
     corpus = write_parquet(tmp_path / "c.parquet", texts, row_group_size=33)
     opts = ["--model", str(tiny_export), "--chunk-rows", "24", "--token-budget", "400", "--device", "cpu",
@@ -162,19 +145,7 @@ def test_kill_mid_run_then_resume_gives_identical_file(tiny_export, texts, tmp_p
     reference = tmp_path / "ref.npy"
     assert cli(corpus, "--out", reference, *opts[:-1]).exit_code == 0
     out = tmp_path / "v.npy"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(corpus), "--out", str(out), *opts],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sidecar = Path(str(out) + ".json")
-    deadline = time.time() + 60
-    try:
-        while time.time() < deadline:
-            if sidecar.exists() and read_sidecar(out)["progress"]["completed_rows"] >= 48:
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    proc = kill_cli_after_rows([corpus, "--out", out, *opts], out, 48)
     assert proc.returncode == -signal.SIGKILL
     state = read_sidecar(out)
     done = state["progress"]["completed_rows"]

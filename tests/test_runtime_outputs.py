@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from test_runtime_support import corpus_texts, read_sidecar, write_parquet
+from test_runtime_support import corpus_texts, kill_cli_after_rows, read_sidecar, write_parquet
 
 from lusifer.runtime import CorpusError, Embedder, embed_corpus
 from lusifer.runtime.cli import main
@@ -212,19 +207,6 @@ def test_bad_ids_are_rejected_before_embedding(tiny_export, texts, tmp_path):
     assert not any(p.name.startswith("c.") for p in tmp_path.iterdir())  # nothing written
 
 
-SLOW_CLI = (
-    "import sys, time\n"
-    "import lusifer.runtime.embedder as E\n"
-    "orig = E.Embedder.run_batches\n"  # what the pipeline calls once per chunk
-    "def slow(self, *a, **k):\n"
-    "    time.sleep(0.25)\n"
-    "    return orig(self, *a, **k)\n"
-    "E.Embedder.run_batches = slow\n"
-    "from lusifer.runtime.cli import main\n"
-    "main(sys.argv[1:])\n"
-)
-
-
 @pytest.mark.parametrize("name,dtype", [("v.parquet", "int8"), ("v.npy", "uint8")])
 def test_kill_mid_run_then_resume_gives_identical_files(tiny_export, corpus, tmp_path, name, dtype):
     opts = ["--model", str(tiny_export), "--chunk-rows", "16", "--token-budget", "400", "--device", "cpu",
@@ -235,19 +217,7 @@ def test_kill_mid_run_then_resume_gives_identical_files(tiny_export, corpus, tmp
     result = CliRunner().invoke(main, [str(corpus), "--out", str(ref_dir / name), *opts], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = run_dir / name
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(corpus), "--out", str(out), *opts],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sidecar = Path(str(out) + ".json")
-    deadline = time.time() + 60
-    try:
-        while time.time() < deadline:
-            if sidecar.exists() and read_sidecar(out)["progress"]["completed_rows"] >= 32:
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_cli_after_rows([corpus, "--out", out, *opts], out, 32)
     state = read_sidecar(out)
     assert state["status"] == "in_progress" and 32 <= state["progress"]["completed_rows"] < N
     assert state["quantization"]["calibration_rows"] == 16  # calibrated on chunk 0, stored with it
@@ -306,18 +276,7 @@ def test_lengths_with_ids_and_parquet_int8_survive_a_kill(tiny_export, corpus, t
                                    catch_exceptions=False)
     assert reference.exit_code == 0, reference.output
     out = run_dir / "v.parquet"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(corpus), "--out", str(out), *opts],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    try:
-        while time.time() < deadline:
-            if Path(str(out) + ".json").exists() and read_sidecar(out)["progress"]["completed_rows"] >= 8:
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_cli_after_rows([corpus, "--out", out, *opts], out, 8)
     killed = read_sidecar(out)
     done = killed["progress"]["completed_rows"]
     assert killed["status"] == "in_progress" and 8 <= done < N and not out.exists()

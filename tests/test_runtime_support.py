@@ -6,8 +6,11 @@ Exports are made with the real ``lusifer.export.export_model``, once per (model,
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +84,36 @@ def export_copy(tiny_export, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_export, tmp_path / "export"))
+
+
+# lusifer-embed with every chunk slowed down, so that a test can kill it between two commits
+SLOW_CLI = (
+    "import sys, time\n"
+    "import lusifer.runtime.embedder as E\n"
+    "orig = E.Embedder.run_batches\n"  # what the pipeline calls once per chunk
+    "def slow(self, *a, **k):\n"
+    "    time.sleep(0.25)\n"
+    "    return orig(self, *a, **k)\n"
+    "E.Embedder.run_batches = slow\n"
+    "from lusifer.runtime.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def kill_cli_after_rows(args, out: Path, rows: int, timeout: float = 60) -> subprocess.Popen:
+    """Run ``lusifer-embed ARGS`` (slowed) in a child process and SIGKILL it once its sidecar at ``out`` records
+    at least ``rows`` committed rows; returns the finished process."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sidecar = Path(str(out) + ".json")
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if sidecar.exists() and read_sidecar(out)["progress"]["completed_rows"] >= rows:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    return proc
