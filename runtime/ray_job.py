@@ -39,7 +39,7 @@ from lusifer.runtime.embedder import (
 from lusifer.onnx_interface import ONE_ROW_PER_PASS_QUANTIZATIONS
 from lusifer.runtime.errors import EmbedError
 from lusifer.runtime.export_folder import open_export
-from lusifer.runtime.lengths import TruncationTally, describe_rows
+from lusifer.runtime.lengths import TRUNCATED_LISTED, TruncationTally, describe_rows
 from lusifer.runtime.ids import shard_ids_at
 from lusifer.runtime.outputs import OUTPUT_FORMATS, QUANTIZATION_KEY, finish_shard, prepare_ids, quantizer_for
 from lusifer.runtime.ray_actor import EmbedActor
@@ -123,6 +123,25 @@ def _connect(ray, address: str | None) -> bool:
         return False
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     return True
+
+
+
+def _cut_rows(shards: np.ndarray, rows: np.ndarray, shard_base: np.ndarray, tally: TruncationTally,
+              ids_at) -> tuple[np.ndarray, dict | None]:
+    """Corpus positions (ascending) of a batch's truncated rows and, while the tally still lists rows and the job
+    has ids, the ids of those it will list (``{position: id}``; a few lookups per run at most)."""
+    positions = shard_base[shards] + rows
+    order = np.argsort(positions, kind="stable")
+    room = TRUNCATED_LISTED - len(tally.rows)
+    if ids_at is None or room <= 0:
+        return positions[order], None
+    listed = order[:room]
+    found: dict = {}
+    for shard in np.unique(shards[listed]):
+        wanted = np.sort(rows[listed][shards[listed] == shard])
+        for row, value in zip(wanted, ids_at(int(shard), [int(r) for r in wanted])):
+            found[int(shard_base[shard] + row)] = value
+    return positions[order], found
 
 
 def embed_corpus_ray(
@@ -363,8 +382,8 @@ def _run(ray, data, outputs: ShardOutputs, todo, model_dir, export, options, num
             outputs.add(batch["shard"], batch["row"], batch["vector"], batch["truncated"], batch["windows"])
             done_rows += len(batch["row"])
             cut = batch["truncated"]
-            if cut.any():  # corpus positions, for the warning (the summary lists them from the manifest)
-                tally.add(0, np.sort(shard_base[batch["shard"][cut]] + batch["row"][cut]))
+            if cut.any():  # for the warning (the summary lists them from the manifest)
+                tally.add(0, *_cut_rows(batch["shard"][cut], batch["row"][cut], shard_base, tally, outputs.ids_at))
                 tally.maybe_warn(done_rows)
             bar.update(len(batch["row"]))
     except Exception as exc:

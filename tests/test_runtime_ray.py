@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from itertools import pairwise
 from pathlib import Path
@@ -221,7 +222,7 @@ def test_without_ray_the_cli_says_which_extra_to_install(tiny_export, shard_fold
     assert proc.stdout.startswith("1 ") and "pip install 'lusifer[ray]'" in proc.stdout, proc.stdout
 
 
-def test_ray_parquet_shards_with_ids_and_int8(local_ray, tiny_export, shard_folder, tmp_path):
+def test_ray_parquet_shards_with_ids_and_int8(local_ray, tiny_export, shard_folder, tmp_path, caplog):
     """One parquet per shard (ids of that shard in its id column, int8 codes calibrated once on the first work
     item and kept in the manifest), as the single-process job gives them; a .npy folder gets ids files."""
     import pyarrow as pa
@@ -238,9 +239,13 @@ def test_ray_parquet_shards_with_ids_and_int8(local_ray, tiny_export, shard_fold
     embed_corpus(corpus, single, tiny_export, device="cpu", progress=False)
     floats = np.load(single)
     out = tmp_path / "out"
-    summary = embed_corpus_ray(corpus, out, tiny_export, num_actors=2, rows_per_task=16, dtype="int8",
-                               output_format="parquet", id_column="doc", progress=False)
+    caplog.clear()  # the single-process run above warned too
+    with caplog.at_level(logging.WARNING, logger="lusifer.runtime.lengths"):
+        summary = embed_corpus_ray(corpus, out, tiny_export, num_actors=2, rows_per_task=16, dtype="int8",
+                                   output_format="parquet", id_column="doc", progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
+    warnings = [r.getMessage() for r in caplog.records if "were cut" in r.getMessage()]
+    assert len(warnings) == 1 and "(ids 'd" in warnings[0], warnings  # the >1% warning names rows by id too
     # rows cut at the tiny export's 64 tokens are listed by id too (looked up when their shard completes)
     assert summary.truncated_rows and summary.truncated_ids == [f"d{r}" for r in summary.truncated_rows]
     first = summary.truncated_rows[0]
