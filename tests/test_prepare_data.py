@@ -437,6 +437,9 @@ def test_eval_only_build_is_a_loadable_suite_marked_eval_only(tmp_path, offline)
         assert data.sentence1 and len(data.sentence1) == len(data.sentence2)
         assert manifest["files"][f"eval/{task.file}"]["sha256"] == suite.sha256[task.file]
     assert len(load_task(next(t for t in suite.tasks if t.name == "bible-es")).sentence1) == 3
+    from benchmarks.corpus import build_corpus  # the benchmarks' corpus takes the eval-only suite as it is
+
+    assert build_corpus(out / "eval", tmp_path / "corpus.parquet", rows=50)["rows"] == 50
     # an eval-only build is refused where a complete build (data.json) would be left describing replaced files
     (out / "data.json").write_text("{}")
     with pytest.raises(ValueError, match="holds a complete build"):
