@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sqlite3
 import tarfile
 import zipfile
@@ -502,6 +503,12 @@ def test_cached_sdist_with_pinned_checksum_is_used_offline_and_a_wrong_one_refus
         fetch("bigbench", cache)
     assert str(sdist) in str(info.value) and SOURCES["bigbench"].sha256 in str(info.value)
     assert sdist.read_bytes() == b"not bigbench"
+    shutil.rmtree(cache / "extract" / "bigbench-1.0.0")  # so that a build must read the sdist again
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SourceError, match="not the pinned file") as info:
+        prepare_data(out, cache, stsb, bible_verses=3)
+    assert "--only eval" in str(info.value)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # still complete
 
 
 # ---- full run ------------------------------------------------------------------------------------------

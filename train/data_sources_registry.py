@@ -38,7 +38,7 @@ class SourceError(RuntimeError):
 
 
 class SourceUnavailable(SourceError):
-    """A pinned file is neither in the cache nor obtainable from its registry.
+    """A pinned file is neither in the cache (with its pinned sha256) nor obtainable from its registry.
 
     Attributes:
         source: The pinned source.
@@ -191,9 +191,8 @@ def fetch(source: Source | str, cache_dir: str | os.PathLike | None = None) -> P
     pinned one, and refused otherwise: so a file the registry no longer serves can be put there by hand.
 
     Raises:
-        SourceUnavailable: when the file is not cached and the download fails (the message says where to put
-            a copy).
-        SourceError: when a cached or downloaded file's sha256 differs from the pinned one.
+        SourceUnavailable: when the cached file's sha256 is not the pinned one, or the file is not cached and
+            the download fails or gives other bytes (the message says where to put a copy).
     """
     if isinstance(source, str):
         if source not in SOURCES:
@@ -206,10 +205,12 @@ def fetch(source: Source | str, cache_dir: str | os.PathLike | None = None) -> P
         got = sha256_file(final)
         if got == source.sha256:
             return final
-        raise SourceError(
+        raise SourceUnavailable(
             f"cached {str(final)!r} has sha256 {got}, expected {source.sha256} for {source.name} {source.version}: "
             f"it is not the pinned file and was not used; replace it with the file of sha256 {source.sha256}, "
-            "or delete it to download again"
+            "or delete it to download again",
+            source,
+            final,
         )
     try:
         _download(source, folder, final)
