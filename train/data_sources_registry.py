@@ -37,6 +37,21 @@ class SourceError(RuntimeError):
     """A source package could not be downloaded, verified or read."""
 
 
+class SourceUnavailable(SourceError):
+    """A pinned file is neither in the cache (with its pinned sha256) nor obtainable from its registry.
+
+    Attributes:
+        source: The pinned source.
+        path: Where :func:`fetch` looks for the file in the cache; a copy with the pinned sha256 placed there is
+            used without the network.
+    """
+
+    def __init__(self, message: str, source: Source, path: Path):
+        super().__init__(message)
+        self.source = source
+        self.path = path
+
+
 @dataclass(frozen=True)
 class Source:
     """A pinned registry package.
@@ -153,9 +168,13 @@ def _download_sdist_from_simple_index(source: Source, dest_dir: Path) -> Path:
             index = json.load(resp)
     except OSError as exc:
         raise SourceError(f"cannot read the PyPI index page of {source.name!r}: {exc}") from exc
+    listed = [f.get("filename") for f in index.get("files", [])]
     files = [f for f in index.get("files", []) if f.get("filename") == source.filename]
     if not files:
-        raise SourceError(f"PyPI lists no file {source.filename!r} for {source.name!r}")
+        raise SourceError(
+            f"PyPI no longer lists {source.filename!r} for {source.name!r} (it lists: "
+            f"{', '.join(map(str, listed)) or 'nothing'})"
+        )
     out = dest_dir / source.filename
     try:
         with urllib.request.urlopen(files[0]["url"], timeout=120) as resp, open(out, "wb") as fh:
@@ -168,8 +187,12 @@ def _download_sdist_from_simple_index(source: Source, dest_dir: Path) -> Path:
 def fetch(source: Source | str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the verified local path of a pinned source file, downloading it into the cache if needed.
 
+    A file already at ``<cache>/<pip|npm|apt>/<filename>`` is used without the network when its sha256 is the
+    pinned one, and refused otherwise: so a file the registry no longer serves can be put there by hand.
+
     Raises:
-        SourceError: when the download fails or the file's sha256 differs from the pinned one.
+        SourceUnavailable: when the cached file's sha256 is not the pinned one, or the file is not cached and
+            the download fails or gives other bytes (the message says where to put a copy).
     """
     if isinstance(source, str):
         if source not in SOURCES:
@@ -182,10 +205,28 @@ def fetch(source: Source | str, cache_dir: str | os.PathLike | None = None) -> P
         got = sha256_file(final)
         if got == source.sha256:
             return final
-        raise SourceError(
-            f"cached {str(final)!r} has sha256 {got}, expected {source.sha256} for {source.name} {source.version}; "
-            "delete it to download again"
+        raise SourceUnavailable(
+            f"cached {str(final)!r} has sha256 {got}, expected {source.sha256} for {source.name} {source.version}: "
+            f"it is not the pinned file and was not used; replace it with the file of sha256 {source.sha256}, "
+            "or delete it to download again",
+            source,
+            final,
         )
+    try:
+        _download(source, folder, final)
+    except SourceError as exc:
+        raise SourceUnavailable(
+            f"{exc}\n{source.filename} ({source.name} {source.version}, sha256 {source.sha256}) is not in the cache "
+            f"either. Put a copy of that file at {str(final)!r}: it is checked against the sha256 and then used "
+            "without the network.",
+            source,
+            final,
+        ) from exc
+    logger.info("downloaded %s %s -> %s", source.name, source.version, final)
+    return final
+
+
+def _download(source: Source, folder: Path, final: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
         tmpdir = Path(tmp)
         spec = f"{source.name}=={source.version}"
@@ -213,8 +254,6 @@ def fetch(source: Source | str, cache_dir: str | os.PathLike | None = None) -> P
                 f"{source.filename} has sha256 {got}, expected {source.sha256}: the registry served different bytes"
             )
         replace_file(got_file, final)
-    logger.info("downloaded %s %s -> %s", source.name, source.version, final)
-    return final
 
 
 def is_cached(key: str, cache_dir: str | os.PathLike | None = None) -> bool:

