@@ -127,8 +127,8 @@ def test_pack_reference_inputs_exact_layout():
 
 def test_masked_share_is_near_the_probability_and_deterministic(tiny):
     model, llm_tok = tiny
-    rows = [{"encoder_text": f"the {a} and the {b} are here today", "target_text": f"the {a} and the {b} are here today",
-             "instruction": None, "objective": "reconstruction"} for a in WORDS for b in WORDS]
+    texts = [f"the {a} and the {b} are here today" for a in WORDS for b in WORDS]
+    rows = [{"encoder_text": t, "target_text": t, "instruction": None, "objective": "reconstruction"} for t in texts]
     keys = [(0, i) for i in range(len(rows))]
     collate = _collator(model, llm_tok, mask=0.3, drop=0.6)
     batch = collate(rows, keys)
@@ -185,8 +185,7 @@ def test_removed_positions_are_invisible_to_the_others(tiny_model_dir, tmp_path)
 
     def losses(b):
         with torch.no_grad():
-            out, rows = reference_token_losses(model, b)
-        return out
+            return reference_token_losses(model, b)[0]
 
     base = losses(batch)
     assert base.shape == (n,) and torch.isfinite(base).all()  # one loss per target token, nothing else
@@ -213,7 +212,8 @@ def _texts(tmp_path):
 
 
 def test_reference_stage1_trains_the_encoder_side_only(tiny_model_dir, tmp_path):
-    config = Stage1Config(model_path=str(tiny_model_dir), train_files=[_texts(tmp_path)], output_dir=str(tmp_path / "run"),
+    config = Stage1Config(model_path=str(tiny_model_dir), train_files=[_texts(tmp_path)],
+                          output_dir=str(tmp_path / "run"),
                           objective="reference", mask_ratio=0, max_steps=3, batch_size=4, learning_rate=1e-2,
                           log_every=1, save_every=3)
     result = train_stage1(config)
@@ -237,7 +237,8 @@ def test_reference_stage1_trains_the_encoder_side_only(tiny_model_dir, tmp_path)
 
 
 def test_resume_with_another_objective_is_refused(tiny_model_dir, tmp_path):
-    config = Stage1Config(model_path=str(tiny_model_dir), train_files=[_texts(tmp_path)], output_dir=str(tmp_path / "run"),
+    config = Stage1Config(model_path=str(tiny_model_dir), train_files=[_texts(tmp_path)],
+                          output_dir=str(tmp_path / "run"),
                           max_steps=1, batch_size=4, save_every=1)
     train_stage1(config)
     other = config.replace(resume_from="latest", objective="reference", mask_ratio=0, max_steps=2)

@@ -189,10 +189,11 @@ class Stage1ReferenceCollator:
         llm_ids, _ = _pad(llm_input_ids, 0)
         keep, _ = _pad(kept, 0)
         bos = self.llm_tokenizer.bos_token_id
+        lead = [[] if bos is None else [int(bos)] for _ in rows]  # the tokens before the connector output
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "lead_ids": torch.full((len(rows), 0 if bos is None else 1), 0 if bos is None else int(bos), dtype=torch.long),
+            "lead_ids": torch.tensor(lead, dtype=torch.long).reshape(len(rows), len(lead[0])),
             "llm_input_ids": llm_ids,
             "llm_attention": keep * tmask,
             "target_ids": tids,
