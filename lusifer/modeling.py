@@ -258,12 +258,17 @@ class LusiferModel(nn.Module):
         ).last_hidden_state
         return self.connector(states.to(self.connector.mlp[0].weight.dtype), attention_mask)
 
-    def decoder_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states of the (bidirectional) decoder for the given input embeddings."""
+    def decoder_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden states of the (bidirectional) decoder for the given input embeddings.
+
+        ``position_ids`` default to ``0..n-1`` over the positions in ``attention_mask``; stage 1's reference
+        objective passes its own, so positions removed from the mask keep their place.
+        """
         return self.decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            position_ids=decoder_position_ids(attention_mask),
+            position_ids=decoder_position_ids(attention_mask) if position_ids is None else position_ids,
             use_cache=False,
         ).last_hidden_state
 

@@ -50,10 +50,12 @@ def _data(tmp_path, records, name):
 
 
 def _configs(stage, tiny_model_dir, tmp_path):
-    if stage == "stage1":
+    if stage.startswith("stage1"):
         common = dict(model_path=str(tiny_model_dir), train_files=[_data(tmp_path, TEXTS, "t.jsonl")], batch_size=3,
                       grad_accum_steps=2, learning_rate=5e-3, warmup_steps=2, max_steps=6, save_every=2, log_every=1,
                       keep_checkpoints=5)
+        if stage == "stage1-reference":  # LLM-side masks drawn per record: the same after resumption
+            common.update(objective="reference", mask_ratio=0.0)
         return Stage1Config, train_stage1, common
     common = dict(model_path=str(tiny_model_dir), train_files=[_data(tmp_path, PAIRS, "p.jsonl")], batch_size=4,
                   grad_accum_steps=2, grad_cache_chunk_size=3, num_hard_negatives=1, learning_rate=5e-3,
@@ -61,7 +63,7 @@ def _configs(stage, tiny_model_dir, tmp_path):
     return Stage2Config, train_stage2, common
 
 
-@pytest.mark.parametrize("stage", ["stage1"])  # stage 2: the SIGKILL test below
+@pytest.mark.parametrize("stage", ["stage1", "stage1-reference"])  # stage 2: the SIGKILL test below
 def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, tmp_path, stage):
     cls, train, common = _configs(stage, tiny_model_dir, tmp_path)
     straight = train(cls(output_dir=str(tmp_path / "straight"), **common))

@@ -112,6 +112,107 @@ class Stage1Collator:
             ids[j] = int(self.tokenizer.mask_token_id)
 
 
+RECONSTRUCT_INSTRUCTION = "Please reconstruct the following text."
+
+
+@dataclass
+class Stage1ReferenceCollator:
+    """Stage 1 as the reference code does it: clean encoder input, masking on the LLM side.
+
+    The encoder reads every text formatted as a query: reconstruction records with the instruction
+    :data:`RECONSTRUCT_INSTRUCTION`, completion records with their own instruction. The LLM's tokens of the
+    target are returned twice: as labels (``target_ids``) and as LLM input (``llm_input_ids``), where each token
+    is replaced by ``llm_mask_id`` with probability ``mask_probability``; ``llm_attention`` is ``target_mask``
+    with each position dropped with probability ``attention_drop_probability``. The draws come from the
+    record's own generator (:func:`example_rng`), so they do not depend on batch layout or resumption.
+
+    Args:
+        tokenizer: The encoder's tokenizer.
+        llm_tokenizer: The LLM's tokenizer (targets).
+        model_config: The model's config (prompt templates, default instructions, special tokens).
+        max_length: Encoder tokens per text.
+        max_target_length: LLM target tokens before EOS.
+        add_eos: Append the LLM's EOS token to targets.
+        seed: Run seed.
+        llm_mask_id: Token id that replaces masked target tokens (the LLM's mask, else unk token).
+        mask_probability: Probability that a target token is replaced by ``llm_mask_id``.
+        attention_drop_probability: Probability that a target position leaves the attention mask.
+    """
+
+    tokenizer: object
+    llm_tokenizer: object
+    model_config: LusiferConfig
+    max_length: int
+    max_target_length: int
+    add_eos: bool
+    seed: int
+    llm_mask_id: int | None
+    mask_probability: float
+    attention_drop_probability: float
+
+    def __post_init__(self) -> None:
+        if self.mask_probability > 0 and self.llm_mask_id is None:
+            raise ValueError(
+                f"llm_mask_probability={self.mask_probability} but the LLM tokenizer has neither a mask nor an unk "
+                "token to mask with; set llm_mask_probability: 0 or use an LLM tokenizer with one of them"
+            )
+
+    def __call__(self, rows: list[dict], keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        completion = [row["objective"] == COMPLETION for row in rows]
+        instructions = [row["instruction"] if comp else RECONSTRUCT_INSTRUCTION for row, comp in zip(rows, completion)]
+        texts = [_format(self.model_config, "query", row["encoder_text"], instruction)
+                 for row, instruction in zip(rows, instructions)]
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
+                             add_special_tokens=self.model_config.add_special_tokens)
+        targets = []
+        for i, (row, comp) in enumerate(zip(rows, completion)):
+            target = row["target_text"]
+            if not comp:
+                target = self._seen_part(target, instructions[i], enc["offset_mapping"][i])
+            targets.append(target)
+        target_ids = self.llm_tokenizer(
+            targets, add_special_tokens=False, truncation=True, max_length=self.max_target_length
+        )["input_ids"]
+        eos = self.llm_tokenizer.eos_token_id
+        target_ids = [list(t) + ([eos] if self.add_eos and eos is not None else []) for t in target_ids]
+        if any(not t for t in target_ids):
+            raise ValueError("a stage-1 target tokenized to nothing; check the LLM tokenizer")
+        llm_input_ids, kept = [], []
+        for ids, key in zip(target_ids, keys, strict=True):
+            rng = example_rng(self.seed, *key)
+            masked = [rng.random() < self.mask_probability for _ in ids]
+            dropped = [rng.random() < self.attention_drop_probability for _ in ids]
+            llm_input_ids.append([self.llm_mask_id if m else t for t, m in zip(ids, masked)])
+            kept.append([0 if d else 1 for d in dropped])
+        ids, mask = _pad([list(x) for x in enc["input_ids"]], int(self.tokenizer.pad_token_id))
+        tids, tmask = _pad(target_ids, 0)
+        llm_ids, _ = _pad(llm_input_ids, 0)
+        keep, _ = _pad(kept, 0)
+        bos = self.llm_tokenizer.bos_token_id
+        lead = [[] if bos is None else [int(bos)] for _ in rows]  # the tokens before the connector output
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "lead_ids": torch.tensor(lead, dtype=torch.long).reshape(len(rows), len(lead[0])),
+            "llm_input_ids": llm_ids,
+            "llm_attention": keep * tmask,
+            "target_ids": tids,
+            "target_mask": tmask,
+            "completion": torch.tensor(completion, dtype=torch.bool),
+        }
+
+    def _seen_part(self, text: str, instruction: str, offsets: list[tuple[int, int]]) -> str:
+        """The part of ``text`` the encoder read after truncation (it follows the instruction in the prompt)."""
+        start = _format(self.model_config, "query", "\x00", instruction).index("\x00")
+        ends = [end for begin, end in offsets if end > begin and end > start]  # tokens holding text characters
+        if not ends:
+            raise ValueError(
+                f"max_length={self.max_length} leaves no encoder tokens for the text after the instruction "
+                f"{instruction!r}; raise max_length"
+            )
+        return text[: min(max(ends) - start, len(text))]
+
+
 @dataclass
 class Stage2Collator:
     """Tokenized queries and documents (positives first, then every drawn hard negative).

@@ -22,6 +22,10 @@ from lusifer.config import LusiferConfig
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_DTYPES = ("float32", "bfloat16")
+# stage-1 objectives: "current" (this project's: masked encoder input, causal LLM) and "reference" (the authors'
+# code: clean encoder input, masked LLM input and attention, bidirectional LLM)
+STAGE1_OBJECTIVES = ("current", "reference")
+REFERENCE_LLM_MASK_PROBABILITY = 0.5  # the reference's alignment configs (its collator's default is 0.15)
 ENCODER_LORA_TARGETS = ["query", "key", "value", "dense"]
 LLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -300,9 +304,20 @@ class Stage1Config(TrainConfig):
         model: ``LusiferConfig`` fields (``encoder_path``, ``llm_path``, ``num_learnable_tokens``, ...) to
             build a fresh model (random connector) from base encoder and LLM folders.
         mask_ratio: Fraction of the encoder's (non-special) tokens replaced by the mask token in
-            reconstruction records (the paper's 0.5).
+            reconstruction records (the paper's 0.5). Objective ``"current"`` only: ``"reference"`` needs 0.
         max_target_length: LLM tokens of the target (text to reconstruct, or answer) before the EOS token.
         add_eos: Append the LLM's EOS token to the target so the LLM learns where the text ends.
+        objective: ``"current"``: the encoder reads masked text, the LLM runs causally over
+            ``[connector outputs ; target]``. ``"reference"`` (the authors' code): the encoder reads the clean
+            text after the instruction "Please reconstruct the following text.", the LLM runs bidirectionally
+            over ``[bos ; connector outputs ; target]`` with a share of the target tokens replaced by its mask
+            token (its unk token when it has none) and a share of the target positions removed from the
+            attention mask; shifted next-token labels on the target in both.
+        llm_mask_probability: Objective ``"reference"``: probability that a target token is replaced by the
+            LLM's mask token (``None``: 0.5, as the reference's alignment configs). Must stay unset with
+            ``"current"``.
+        llm_attention_drop_probability: Objective ``"reference"``: probability that a target position is
+            removed from the attention mask (``None``: 0.5). Must stay unset with ``"current"``.
     """
 
     stage: ClassVar[str] = "stage1"
@@ -314,6 +329,9 @@ class Stage1Config(TrainConfig):
     mask_ratio: float = 0.5
     max_target_length: int = 128
     add_eos: bool = True
+    objective: str = "current"
+    llm_mask_probability: float | None = None
+    llm_attention_drop_probability: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -326,6 +344,32 @@ class Stage1Config(TrainConfig):
             check_model_fields(self.stage, self.model, self.encoder_lora_targets)
         _check_range("mask_ratio", self.mask_ratio, 0.0, 1.0)
         _check_range("max_target_length", self.max_target_length, 1)
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        if self.objective not in STAGE1_OBJECTIVES:
+            raise ConfigError(
+                f"objective={self.objective!r} is not supported; expected one of {', '.join(STAGE1_OBJECTIVES)}"
+            )
+        llm_fields = ("llm_mask_probability", "llm_attention_drop_probability")
+        if self.objective == "current":
+            for name in llm_fields:
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"{name}={getattr(self, name)!r} is used only by objective 'reference' (masking on the LLM "
+                        "side); remove it, or set objective: reference (the current objective masks the encoder "
+                        "input with mask_ratio)"
+                    )
+            return
+        if self.mask_ratio != 0:
+            raise ConfigError(
+                f"mask_ratio={self.mask_ratio!r} but objective='reference' keeps the encoder input clean (it masks "
+                "on the LLM side: llm_mask_probability, llm_attention_drop_probability); set mask_ratio: 0"
+            )
+        for name in llm_fields:
+            if getattr(self, name) is None:  # recorded resolved, so a saved config states what was trained
+                setattr(self, name, REFERENCE_LLM_MASK_PROBABILITY)
+            _check_range(name, getattr(self, name), 0.0, 1.0)
 
 
 @dataclass

@@ -1,9 +1,17 @@
 """Stage 1, cross-lingual alignment: the frozen LLM reproduces or continues what the encoder read.
 
-Trainable: the encoder's LoRA and the connector (with its learnable tokens). The LLM runs with CAUSAL
-attention over ``[connector outputs ; target tokens]`` and is trained with next-token cross-entropy on its
-own tokenization of the target; connector positions and padding are unlabelled. Both objectives (masked
-reconstruction and autoregressive completion) share this form and may be mixed in one batch.
+Trainable: the encoder's LoRA and the connector (with its learnable tokens). The LLM is trained with shifted
+next-token cross-entropy on its own tokenization of the target; connector positions and padding are
+unlabelled. Reconstruction and completion records share this form and may be mixed in one batch.
+
+Two objectives (``Stage1Config.objective``):
+
+- ``"current"``: the encoder reads masked text (``mask_ratio``); the LLM runs with CAUSAL attention over
+  ``[connector outputs ; target tokens]``.
+- ``"reference"`` (the authors' code): the encoder reads the clean text after a reconstruction instruction; the
+  LLM runs BIDIRECTIONALLY over ``[bos ; connector outputs ; target tokens]`` with a share of the target tokens
+  replaced by its mask token and a share of the target positions removed from the attention mask (a removed
+  position keeps its position id and its label).
 """
 
 from __future__ import annotations
@@ -14,14 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lusifer.backbones import set_attention_causal
+from lusifer.backbones import decoder_position_ids, set_attention_causal
 from lusifer.modeling import LusiferModel
 from lusifer.train.batching import BatchPlan, MicroBatches
-from lusifer.train.collate import Stage1Collator
+from lusifer.train.collate import Stage1Collator, Stage1ReferenceCollator
 from lusifer.train.config import Stage1Config
 from lusifer.train.data import load_examples_for_run
 from lusifer.train.distributed import DistContext
-from lusifer.train.losses import IGNORE_INDEX
+from lusifer.train.losses import IGNORE_INDEX, next_token_losses
 from lusifer.train.loop import Metrics, TrainResult, run_training
 from lusifer.train.merge import merge_checkpoint
 from lusifer.train.model_setup import build_stage_model
@@ -83,12 +91,82 @@ def reconstruction_token_losses(model: LusiferModel, batch: dict[str, torch.Tens
     return losses, rows
 
 
+def pack_reference_inputs(
+    lead_embeds: torch.Tensor,
+    prefix: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    target_embeds: torch.Tensor,
+    target_ids: torch.Tensor,
+    target_mask: torch.Tensor,
+    target_attention: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lay out each row as ``[lead (bos) ; real prefix positions ; real target tokens ; padding]``.
+
+    Args:
+        lead_embeds: LLM embeddings of the tokens before the connector output (B, K, H), K = 1 (bos) or 0.
+        prefix: Connector output (B, P, H).
+        prefix_mask: (B, P), 1 on real positions.
+        target_embeds: LLM input embeddings of the (partly masked) target tokens (B, T, H).
+        target_ids: (B, T) the original target token ids (the labels).
+        target_mask: (B, T), 1 on real target tokens.
+        target_attention: (B, T), ``target_mask`` without the positions removed from the attention mask.
+
+    Returns:
+        ``(inputs_embeds, attention_mask, position_ids, labels)``, each (B, K+P+T[, H]), right-padded: the
+        attention mask lacks the removed target positions, the position ids number every real position
+        (removed ones included) from 0, the labels are the target ids on real target positions and ``-100``
+        elsewhere (not yet shifted).
+    """
+    batch, lead = lead_embeds.shape[:2]
+    ones = torch.ones((batch, lead), dtype=target_mask.dtype, device=target_mask.device)
+    embeds = torch.cat([lead_embeds.to(prefix.dtype), prefix, target_embeds.to(prefix.dtype)], dim=1)
+    real = torch.cat([ones, prefix_mask.to(target_mask.dtype), target_mask], dim=1)
+    attend = torch.cat([ones, prefix_mask.to(target_mask.dtype), target_attention.to(target_mask.dtype)], dim=1)
+    unlabelled = torch.full((batch, lead + prefix_mask.shape[1]), IGNORE_INDEX, dtype=torch.long, device=prefix.device)
+    labels = torch.cat([unlabelled, target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)], dim=1)
+    order = torch.argsort((real == 0).to(torch.int8), dim=1, stable=True)
+    embeds = embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    real = real.gather(1, order)
+    return embeds, attend.gather(1, order), decoder_position_ids(real), labels.gather(1, order)
+
+
+def reference_token_losses(model: LusiferModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token next-token losses of the reference objective (see :class:`Stage1ReferenceCollator`).
+
+    Returns:
+        ``(losses (N,), row (N,))``: one loss per labelled target token, and the batch row it belongs to.
+    """
+    prefix, prefix_mask = model.llm_inputs(batch["input_ids"], batch["attention_mask"])
+    embed = model.llm.get_input_embeddings()
+    embeds, attend, positions, labels = pack_reference_inputs(
+        embed(batch["lead_ids"]), prefix, prefix_mask, embed(batch["llm_input_ids"]), batch["target_ids"],
+        batch["target_mask"], batch["llm_attention"],
+    )
+    states = model.decoder_states(embeds, attend, position_ids=positions)
+    shifted = labels[:, 1:]
+    selected = shifted != IGNORE_INDEX
+    logits = model.llm.get_output_embeddings()(states[:, :-1][selected])
+    losses = next_token_losses(logits, shifted[selected])
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(shifted)[selected]
+    return losses, rows
+
+
+def llm_mask_token_id(llm_tokenizer) -> int | None:
+    """The LLM's mask token id, else its unk token id (as the reference does), else ``None``."""
+    for token_id in (llm_tokenizer.mask_token_id, llm_tokenizer.unk_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return None
+
+
 class Stage1Task:
-    """The stage-1 plug-in of the training loop."""
+    """The stage-1 plug-in of the training loop; :meth:`build_model` takes the objective from the config."""
 
     name = "stage1"
+    objective = "current"
 
     def build_model(self, config: Stage1Config, device: torch.device) -> LusiferModel:
+        self.objective = config.objective
         return build_stage_model(config, device)
 
     def build_batches(self, config: Stage1Config, model: LusiferModel, ctx: DistContext) -> MicroBatches:
@@ -104,25 +182,44 @@ class Stage1Task:
             )
         examples = load_examples_for_run(config, ctx)
         plan = BatchPlan(len(examples), config.batch_size, ctx.world_size, ctx.rank, config.seed)
-        collate = Stage1Collator(
+        common = dict(
             tokenizer=model.tokenizer,
             llm_tokenizer=llm_tokenizer,
             model_config=model.config,
             max_length=config.max_length or model.config.max_length,
             max_target_length=config.max_target_length,
-            mask_ratio=config.mask_ratio,
             add_eos=config.add_eos,
             seed=config.seed,
         )
+        if config.objective == "reference":
+            collate = Stage1ReferenceCollator(
+                **common,
+                llm_mask_id=self._llm_mask_id(model, llm_tokenizer),
+                mask_probability=config.llm_mask_probability,
+                attention_drop_probability=config.llm_attention_drop_probability,
+            )
+            if llm_tokenizer.bos_token_id is None:
+                logger.warning("the LLM tokenizer has no BOS token: the LLM input starts with the connector output")
+        else:
+            collate = Stage1Collator(**common, mask_ratio=config.mask_ratio)
         return MicroBatches(examples, plan, collate)
 
+    @staticmethod
+    def _llm_mask_id(model: LusiferModel, llm_tokenizer) -> int | None:
+        mask_id = llm_mask_token_id(llm_tokenizer)  # None: the collator refuses llm_mask_probability > 0
+        rows = int(model.llm.get_input_embeddings().weight.shape[0])
+        if mask_id is not None and mask_id >= rows:
+            raise ValueError(f"the LLM's mask token id {mask_id} is outside its embedding table ({rows} rows)")
+        return mask_id
+
     def start(self, model: LusiferModel) -> None:
-        set_attention_causal(model.llm, True)
+        set_attention_causal(model.llm, self.objective == "current")
 
     def forward_backward(self, model: LusiferModel, batch: dict[str, torch.Tensor], loss_scale: float,
                          ctx: DistContext) -> Metrics:
+        token_losses = reference_token_losses if self.objective == "reference" else reconstruction_token_losses
         with ctx.autocast():
-            losses, rows = reconstruction_token_losses(model, batch)
+            losses, rows = token_losses(model, batch)
         (losses.mean() * loss_scale).backward()
         losses = losses.detach()
         completion = batch["completion"][rows]

@@ -30,7 +30,8 @@
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
 #                         (benchmarks/gpu/eval_full.sh), paper, e2e (E2E_REPEATS=1) and scaling with the GPU to themselves
 #   lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
-#                         default llmonly) trained concurrently at S2_STEPS (default 700, as lusifer-small)
+#                         default llmonly; refs1: lusifer-small with the reference stage 1, its alignment-only
+#                         and full models, alone in a lease) trained concurrently at S2_STEPS (default 700, as lusifer-small)
 #                         with gpu-data.tgz staged, each evaluated (benchmarks/gpu/eval.sh ROW) once merged. Two rows
 #                         per lease: all four at once took ~40 min on the H200, over a lease
 #   lease.sh collect  wait up to COLLECT_S (540) seconds for the driver, bundling /tmp/results into

