@@ -203,3 +203,18 @@ def test_bad_distillation_inputs_are_named(tiny_model_dir, tiny_llm_only_factory
     llm_only = {**common, "model_path": str(tiny_llm_only_factory()), "encoder_lora_targets": []}
     with pytest.raises(ConfigError, match="llm-only.*no encoder to distil from"):
         train_stage2(Stage2Config(output_dir=str(tmp_path / "d"), distill_weight=1.0, **llm_only))
+
+
+def test_lusifer_small_distill_recipe_is_stage2_plus_distillation():
+    from pathlib import Path
+
+    from lusifer.train.config import load_config
+
+    recipe = Path(__file__).resolve().parents[1] / "models" / "lusifer-small" / "recipe"
+    paths = ["output_dir=run", "model_path=stage1"]
+    plain = load_config("stage2", recipe / "stage2.yaml", paths).to_dict()
+    distill = load_config("stage2", recipe / "stage2_distill.yaml", paths).to_dict()
+    changed = {k for k in distill if distill[k] != plain[k]}
+    assert changed == {"distill_weight", "distill_files", "distill_batch_size"}
+    assert distill["distill_weight"] > 0 and distill["distill_files"] == [str(recipe / "stage1_text.jsonl")]
+    assert (distill["distill_teacher_prefix"], distill["distill_teacher_pooling"]) == ("query: ", "mean")

@@ -2,7 +2,7 @@
 # Evaluate trained rows on the development suite; copy results to $OUT.
 #   eval.sh                 every trained row plus the encoder alone, then the comparison table and the
 #                           weights to commit (after `train_all.sh` with lusifer-small itself)
-#   eval.sh ROW...          only these rows (full, alignonly, rfonly, frozenenc, connonly, llmonly, encoder),
+#   eval.sh ROW...          only these rows (full, alignonly, rfonly, frozenenc, connonly, llmonly, distill, encoder),
 #                           their JSON and log straight to $OUT (train_all.sh ablations calls it per row
 #                           as soon as the row is merged, so a lease that ends early keeps the finished rows)
 set -uo pipefail
@@ -11,10 +11,11 @@ O=/tmp/runs
 E=/tmp/eval && mkdir -p $E "$OUT"
 declare -A path=([full]=$O/full-merged [alignonly]=$O/full-s1/model [rfonly]=$O/rfonly-merged
   [frozenenc]=$O/frozenenc-merged [connonly]=$O/connonly-merged [llmonly]=$O/llmonly-merged
-  [encoder]=/tmp/base/encoder-me5-small)
+  [distill]=$O/distill-merged [encoder]=/tmp/base/encoder-me5-small)
 declare -A name=([full]="LUSIFER (full)" [alignonly]="Alignment only" [rfonly]="Representation finetuning only"
   [frozenenc]="Frozen multilingual encoder" [connonly]="Connector only"
-  [llmonly]="LLM alone (SmolLM2-135M, stage 2)" [encoder]="mE5-small (encoder alone)")
+  [llmonly]="LLM alone (SmolLM2-135M, stage 2)" [distill]="LUSIFER + distillation towards the encoder (addition)"
+  [encoder]="mE5-small (encoder alone)")
 ev() {  # row
   local extra=(); [ "$1" = encoder ] && extra=(--encoder-prefix "query: ")
   [ -d "${path[$1]}" ] || { echo "no $1 model at ${path[$1]}"; return 1; }
@@ -26,7 +27,7 @@ if [ $# -gt 0 ]; then
   for row in "$@"; do ev "$row"; done
   exit
 fi
-for row in encoder full alignonly rfonly frozenenc connonly llmonly; do
+for row in encoder full alignonly rfonly frozenenc connonly llmonly distill; do
   [ -d "${path[$row]}" ] && ev $row &
 done
 wait
