@@ -218,3 +218,15 @@ def test_lusifer_small_distill_recipe_is_stage2_plus_distillation():
     assert changed == {"distill_weight", "distill_files", "distill_batch_size"}
     assert distill["distill_weight"] > 0 and distill["distill_files"] == [str(recipe / "stage1_text.jsonl")]
     assert (distill["distill_teacher_prefix"], distill["distill_teacher_pooling"]) == ("query: ", "mean")
+
+
+def test_a_checkpoint_from_before_distillation_resumes(tiny_model_dir, tmp_path):
+    """Checkpoint configs written before the distill_* fields existed load with distillation off and resume."""
+    config = Stage2Config(output_dir=str(tmp_path / "run"), **{**_common(tiny_model_dir, tmp_path), "max_steps": 2,
+                                                               "save_every": 1})
+    first = train_stage2(config)
+    saved = first.final_checkpoint / "config.json"
+    old = {k: v for k, v in json.loads(saved.read_text()).items() if not k.startswith("distill_")}
+    saved.write_text(json.dumps(old))
+    assert train_stage2(config.replace(resume_from="latest", max_steps=3)).steps == 3
+    assert "loss_distill" not in _metrics(tmp_path / "run")[-1]
