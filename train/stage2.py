@@ -110,7 +110,7 @@ class Stage2Task:
         config = self.config
         distill = config is not None and config.distill
         inputs = [(batch["query_ids"], batch["query_mask"]), (batch["doc_ids"], batch["doc_mask"])]
-        if "distill_ids" in batch:
+        if distill and "distill_ids" in batch:  # the extra distillation texts (distill_files)
             inputs.append((batch["distill_ids"], batch["distill_mask"]))
         teacher = None
         if distill:

@@ -63,7 +63,7 @@ if [ "${1:-}" = ablations ]; then  # the ablation rows named in ROWS (default al
   has() { [[ " $ROWS " == *" $1 "* ]]; }
   ev() { OUT=${OUT:-$O} bash $G/eval.sh "$1"; }
   pids=()
-  if has distill; then { s1 full && distill && ev distill; } > $O/distill.log 2>&1 & pids+=($!); fi
+  if has distill; then { s1 full && distill && ev distill && ev teacher; } > $O/distill.log 2>&1 & pids+=($!); fi
   if has frozenenc || has connonly; then  # both start from the frozen-encoder stage-1 model
     s1 frozenenc --set "encoder_lora_targets=[]" > $O/frozenenc-s1.log 2>&1 & p_s1=$!
   fi
