@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lusifer.pooling import l2_normalize
 from lusifer.train.config import DISTILL_LOSSES
 
 IGNORE_INDEX = -100
@@ -85,7 +86,7 @@ def similarity_distillation_loss(
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=student.device)
 
     def cosines(x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(x.float(), dim=-1)
+        x = l2_normalize(x.float())
         return (x @ x.T)[off_diagonal].view(n, n - 1)
 
     s = cosines(student)
