@@ -122,6 +122,7 @@ def test_bad_files_and_overrides(tmp_path):
         ({"distill_weight": 1, "distill_temperature": 0}, "distill_temperature=0.0 must be > 0"),
         ({"distill_weight": 1, "model_path": "", "encoder_lora_targets": [],
           "model": {"architecture": "llm-only", "llm_path": "/tmp/llm"}}, "no encoder to distil from"),
+        ({"distill_teacher_path": "/tmp/me5"}, r"distill_teacher_path='/tmp/me5' but distill_weight=0"),
     ],
 )
 def test_distillation_settings_are_checked(change, message):

@@ -88,7 +88,7 @@ def test_stage2_with_distillation_trains_and_the_teacher_is_the_base_encoder(tin
                                               position_ids=encoder_position_ids(mask, plain.config)).last_hidden_state,
                               mask)
     trained.train()  # the teacher switches dropout off itself and restores the mode
-    teacher = teacher_embeddings(trained, ids, mask, "mean", chunk_size=2)
+    teacher = teacher_embeddings(trained.encoder, ids, mask, "mean", chunk_size=2)
     assert trained.encoder.training
     torch.testing.assert_close(teacher, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(with_lora, expected, atol=1e-4)
@@ -109,7 +109,7 @@ def test_distillation_pulls_the_similarity_structure_towards_the_teacher(tiny_mo
         with torch.no_grad():
             return similarity_distillation_loss(
                 model(student["input_ids"], student["attention_mask"]),
-                teacher_embeddings(model, teacher["input_ids"], teacher["attention_mask"]), "kl", 0.05).item()
+                teacher_embeddings(model.encoder, teacher["input_ids"], teacher["attention_mask"]), "kl", 0.05).item()
 
     before = distance(Stage2Task().build_model(config, torch.device("cpu")))
     trained, _ = model_from_checkpoint(train_stage2(config).final_checkpoint)
@@ -203,6 +203,31 @@ def test_bad_distillation_inputs_are_named(tiny_model_dir, tiny_llm_only_factory
     llm_only = {**common, "model_path": str(tiny_llm_only_factory()), "encoder_lora_targets": []}
     with pytest.raises(ConfigError, match="llm-only.*no encoder to distil from"):
         train_stage2(Stage2Config(output_dir=str(tmp_path / "d"), distill_weight=1.0, **llm_only))
+    with pytest.raises(ConfigError, match=r"distill_teacher_path=.*nowhere.* is not an encoder folder"):
+        train_stage2(Stage2Config(output_dir=str(tmp_path / "e"), distill_weight=1.0,
+                                  distill_teacher_path=str(tmp_path / "nowhere"), **common))
+
+
+def test_a_separate_teacher_folder(tiny_model_dir, tiny_llm_only_factory, tmp_path):
+    """distill_teacher_path: a separate frozen encoder teaches (outside the model: never trained or saved);
+    it even lets the LLM alone (llm-only, no encoder) distil towards an encoder."""
+    teacher_dir = tiny_model_dir.parent / "base" / "encoder-xlm-roberta"
+    common = _common(tiny_model_dir, tmp_path, distill_weight=1.0, distill_teacher_path=str(teacher_dir))
+    task = Stage2Task()
+    config = Stage2Config(output_dir=str(tmp_path / "a"), **common)
+    model = task.build_model(config, torch.device("cpu")).train()
+    assert task.teacher is not None and task.teacher is not model.encoder
+    assert not any(p.requires_grad for p in task.teacher.parameters())
+    before = {n: p.clone() for n, p in task.teacher.named_parameters()}
+    batch = task.build_batches(config, model, DistContext())[0]
+    assert task.forward_backward(model, batch, 1.0, DistContext())["loss_distill"][0] > 0
+    assert all(p.grad is None and torch.equal(p, before[n]) for n, p in task.teacher.named_parameters())
+
+    llm_only = {**common, "model_path": str(tiny_llm_only_factory()), "encoder_lora_targets": []}
+    result = train_stage2(Stage2Config(output_dir=str(tmp_path / "b"), **llm_only))
+    assert all(m["loss_distill"] > 0 for m in _metrics(tmp_path / "b"))
+    saved = load_file(result.final_checkpoint / "weights.safetensors")
+    assert saved and not any("encoder" in name for name in saved)  # the teacher is not part of the model
 
 
 def test_lusifer_small_distill_recipe_is_stage2_plus_distillation():

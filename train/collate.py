@@ -129,6 +129,7 @@ class Stage2Collator:
         instruct_documents: Format documents with the record's instruction.
         seed: Run seed.
         teacher_prefix: Prefix of the teacher's inputs; ``None``: no distillation inputs.
+        teacher_tokenizer: The teacher's tokenizer (``None``: ``tokenizer``, the model's own encoder).
     """
 
     tokenizer: object
@@ -138,6 +139,7 @@ class Stage2Collator:
     instruct_documents: bool
     seed: int
     teacher_prefix: str | None = None
+    teacher_tokenizer: object = None
 
     def __call__(self, rows: list[dict], keys: list[tuple[int, int]],
                  extra: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -163,8 +165,9 @@ class Stage2Collator:
             raise ValueError("extra distillation texts need teacher_prefix (distillation on)")
         if self.teacher_prefix is not None:
             raw = [row["query"] for row in rows] + [row["positive"] for row in rows] + raw_negatives + list(extra or [])
-            t = self.tokenizer([self.teacher_prefix + text for text in raw], truncation=True,
-                               max_length=self.max_length, padding=True, return_tensors="pt")
+            teacher_tokenizer = self.teacher_tokenizer or self.tokenizer
+            t = teacher_tokenizer([self.teacher_prefix + text for text in raw], truncation=True,
+                                  max_length=self.max_length, padding=True, return_tensors="pt")
             batch["teacher_ids"], batch["teacher_mask"] = t["input_ids"], t["attention_mask"]
             if extra:
                 x = self._tokenize([_format(self.model_config, "query", text, None) for text in extra])

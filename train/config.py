@@ -357,6 +357,10 @@ class Stage2Config(TrainConfig):
         distill_files: Optional ``.jsonl``/``.parquet`` files of unlabelled ``{"text"}`` rows used as extra
             distillation inputs, ``distill_batch_size`` per micro-batch, in a seeded order.
         distill_batch_size: Extra distillation texts per process per micro-batch (0 with no ``distill_files``).
+        distill_teacher_path: ``""``: the teacher is the model's own encoder with its LoRA disabled (no second
+            copy; after stage 1 that is the stage-1-merged encoder). A folder: a plain Hugging Face encoder
+            (config.json, safetensors, tokenizer; e.g. mE5-small as released) loaded frozen as the teacher, a
+            second encoder in memory, reading its own tokenization.
         distill_teacher_prefix: Text prepended to every teacher input, as the encoder is normally used
             (``"query: "`` for E5 models; the teacher reads the raw text, without the LUSIFER instruction).
         distill_teacher_pooling: The teacher's pooling of its last hidden states: ``"mean"`` (E5) or ``"cls"``.
@@ -367,7 +371,7 @@ class Stage2Config(TrainConfig):
 
     stage: ClassVar[str] = "stage2"
     path_fields: ClassVar[tuple[str, ...]] = ("output_dir", "train_files", "model_path", "model.encoder_path",
-                                              "model.llm_path", "distill_files")
+                                              "model.llm_path", "distill_files", "distill_teacher_path")
 
     model_path: str = ""
     model: dict = field(default_factory=dict)
@@ -379,6 +383,7 @@ class Stage2Config(TrainConfig):
     distill_weight: float = 0.0
     distill_files: list[str] = field(default_factory=list)
     distill_batch_size: int = 0
+    distill_teacher_path: str = ""
     distill_teacher_prefix: str = "query: "
     distill_teacher_pooling: str = "mean"
     distill_loss: str = "kl"
@@ -426,20 +431,29 @@ class Stage2Config(TrainConfig):
         if self.distill_batch_size and not self.distill_files:
             raise ConfigError(f"distill_batch_size={self.distill_batch_size} but distill_files is empty; name the "
                               "files of unlabelled {\"text\"} rows or set distill_batch_size=0")
-        if self.distill and self.model and LusiferConfig.from_dict(self.model).is_llm_only:
+        if self.distill_teacher_path and not self.distill:
+            raise ConfigError(f"distill_teacher_path={self.distill_teacher_path!r} but distill_weight=0 (distillation "
+                              "off); set distill_weight > 0 or remove distill_teacher_path")
+        if (self.distill and not self.distill_teacher_path and self.model
+                and LusiferConfig.from_dict(self.model).is_llm_only):
             raise ConfigError(f"distill_weight={self.distill_weight} but model.architecture='llm-only' has no "
-                              "encoder to distil from; set distill_weight=0")
+                              "encoder to distil from; set distill_teacher_path to an encoder folder or "
+                              "distill_weight=0")
 
     def check_distill_files(self) -> None:
-        """Raise :class:`ConfigError` naming the first of ``distill_files`` that does not exist.
+        """Raise :class:`ConfigError` naming the first of ``distill_files`` (or ``distill_teacher_path``) that
+        does not exist.
 
         Checked when a run starts rather than in ``__post_init__``: a finished run's saved config must still
-        load (e.g. to merge it) where its distillation files are not present.
+        load (e.g. to merge it) where its distillation inputs are not present.
         """
         for i, name in enumerate(self.distill_files):
             if not Path(name).is_file():
                 raise ConfigError(f"distill_files[{i}]={name!r} does not exist; expected a .jsonl or .parquet file "
                                   'of {"text": ...} rows')
+        if self.distill_teacher_path and not (Path(self.distill_teacher_path) / "config.json").is_file():
+            raise ConfigError(f"distill_teacher_path={self.distill_teacher_path!r} is not an encoder folder "
+                              "(config.json, *.safetensors, tokenizer); expected e.g. mE5-small's folder")
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {"stage1": Stage1Config, "stage2": Stage2Config}

@@ -1,10 +1,12 @@
 """Stage-2 distillation towards the encoder's own embedding (an addition to the paper).
 
-The teacher is the model's own encoder with its LoRA adapters disabled (peft's ``disable_adapter()``), in
-eval mode and without gradients: no second copy of the encoder is loaded. A stage-2 run starting from stage
-1's merged model therefore distils towards the stage-1 encoder (the base encoder with stage 1's LoRA merged
-in), not towards the encoder as first released. The teacher reads the raw texts with the encoder's usual
-prefix and pooling (E5: ``"query: "``, mean pooling), like the evaluation's ``EncoderEmbedder``.
+By default the teacher is the model's own encoder with its LoRA adapters disabled (peft's
+``disable_adapter()``), in eval mode and without gradients: no second copy of the encoder is loaded. A
+stage-2 run starting from stage 1's merged model therefore distils towards the stage-1 encoder (the base
+encoder with stage 1's LoRA merged in), not towards the encoder as first released; ``distill_teacher_path``
+loads a separate frozen encoder (e.g. mE5-small as released) instead. The teacher reads the raw texts with
+the encoder's usual prefix and pooling (E5: ``"query: "``, mean pooling), like the evaluation's
+``EncoderEmbedder``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from lusifer.backbones import encoder_position_ids
+from lusifer.backbones import encoder_position_ids, load_encoder
+from lusifer.extras import require
 from lusifer.modeling import LusiferModel
 from lusifer.pooling import mean_pool
 from lusifer.train.batching import BatchPlan, MicroBatches
@@ -33,13 +36,37 @@ def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     raise ValueError(f"pooling={pooling!r}; expected mean or cls")
 
 
-def teacher_embeddings(model: LusiferModel, ids: torch.Tensor, mask: torch.Tensor, pooling: str = "mean",
+def load_teacher(path: str, device: torch.device, dtype: torch.dtype | None = None):
+    """A separate frozen teacher encoder and its tokenizer from a plain encoder folder (safetensors only).
+
+    Returns:
+        ``(encoder in eval mode without gradients, on device, its tokenizer)``.
+    """
+    transformers = require("transformers", purpose="load the distillation teacher")
+    encoder = load_encoder(path, dtype=dtype).to(device).eval()
+    encoder.requires_grad_(False)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"distill_teacher_path={path!r} has no usable tokenizer: {exc}") from exc
+    return encoder, tokenizer
+
+
+def model_teacher(model: LusiferModel) -> torch.nn.Module:
+    """The model's own encoder as teacher (its LoRA is disabled by :func:`teacher_embeddings`)."""
+    if model.encoder is None:
+        raise ValueError("distillation needs the model's encoder, but this model (architecture 'llm-only') has none; "
+                         "set distill_teacher_path to an encoder folder")
+    return model.encoder
+
+
+def teacher_embeddings(encoder: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, pooling: str = "mean",
                        chunk_size: int | None = None, autocast: Callable = nullcontext) -> torch.Tensor:
-    """The encoder's own embeddings of already tokenized texts: LoRA disabled, eval mode, no gradients.
+    """The teacher's embeddings of already tokenized texts: LoRA (if any) disabled, eval mode, no gradients.
 
     Args:
-        model: The training model (its ``encoder`` may be a peft ``PeftModel``).
-        ids: (N, T) encoder token ids (the teacher's prefix included).
+        encoder: The teacher: the model's own encoder (a peft ``PeftModel`` when it has LoRA) or a separate one.
+        ids: (N, T) teacher token ids (the teacher's prefix included).
         mask: (N, T) attention mask.
         pooling: ``"mean"`` or ``"cls"``.
         chunk_size: Texts per forward pass (``None``: all at once).
@@ -48,9 +75,6 @@ def teacher_embeddings(model: LusiferModel, ids: torch.Tensor, mask: torch.Tenso
     Returns:
         (N, encoder hidden size) float32 embeddings, not normalised, without a graph.
     """
-    encoder = model.encoder
-    if encoder is None:
-        raise ValueError("distillation needs the model's encoder, but this model (architecture 'llm-only') has none")
     was_training = encoder.training
     encoder.eval()  # no dropout: the teacher is deterministic and draws nothing from the RNG
     out = []

@@ -24,12 +24,18 @@ from lusifer.train.batching import BatchPlan, MicroBatches
 from lusifer.train.collate import Stage2Collator
 from lusifer.train.config import ConfigError, Stage2Config
 from lusifer.train.data import DISTILL, load_examples_for_run
-from lusifer.train.distill import DistillBatches, global_distillation_loss, teacher_embeddings
+from lusifer.train.distill import (
+    DistillBatches,
+    global_distillation_loss,
+    load_teacher,
+    model_teacher,
+    teacher_embeddings,
+)
 from lusifer.train.distributed import DistContext, gather_with_grad
 from lusifer.train.gradcache import backward_through_chunks, embed_without_graph
 from lusifer.train.losses import contrastive_loss
 from lusifer.train.loop import Metrics, TrainResult, run_training
-from lusifer.train.model_setup import build_stage_model
+from lusifer.train.model_setup import DTYPES, build_stage_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,8 @@ class Stage2Task:
         self.temperature = 0.05
         self.chunk_size: int | None = None
         self.config: Stage2Config | None = None
+        self.teacher: torch.nn.Module | None = None  # a separate teacher encoder (distill_teacher_path)
+        self.teacher_tokenizer = None
 
     def build_model(self, config: Stage2Config, device: torch.device) -> LusiferModel:
         self.temperature = config.temperature
@@ -67,9 +75,13 @@ class Stage2Task:
         if config.distill:
             config.check_distill_files()  # before any weights load
         model = build_stage_model(config, device)
-        if config.distill and model.encoder is None:
+        if config.distill and model.encoder is None and not config.distill_teacher_path:
             raise ConfigError(f"distill_weight={config.distill_weight} but the starting model {config.model_path!r} "
-                              "(architecture 'llm-only') has no encoder to distil from; set distill_weight=0")
+                              "(architecture 'llm-only') has no encoder to distil from; set distill_teacher_path to "
+                              "an encoder folder or distill_weight=0")
+        if config.distill_teacher_path:
+            self.teacher, self.teacher_tokenizer = load_teacher(config.distill_teacher_path, device,
+                                                                DTYPES[config.model_dtype])
         return model
 
     def build_batches(self, config: Stage2Config, model: LusiferModel, ctx: DistContext):
@@ -83,6 +95,7 @@ class Stage2Task:
             instruct_documents=config.instruct_documents,
             seed=config.seed,
             teacher_prefix=config.distill_teacher_prefix if config.distill else None,
+            teacher_tokenizer=self.teacher_tokenizer,
         )
         batches = MicroBatches(examples, plan, collate)
         if not config.distill:
@@ -114,8 +127,9 @@ class Stage2Task:
             inputs.append((batch["distill_ids"], batch["distill_mask"]))
         teacher = None
         if distill:
-            teacher = teacher_embeddings(model, batch["teacher_ids"], batch["teacher_mask"],
-                                         config.distill_teacher_pooling, self.chunk_size, ctx.autocast)
+            teacher = teacher_embeddings(self.teacher or model_teacher(model), batch["teacher_ids"],
+                                         batch["teacher_mask"], config.distill_teacher_pooling, self.chunk_size,
+                                         ctx.autocast)
         if self.chunk_size is None:
             with ctx.autocast():
                 embeddings = [model(ids, mask).float() for ids, mask in inputs]
