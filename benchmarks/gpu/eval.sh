@@ -2,8 +2,8 @@
 # Evaluate trained rows on the development suite; copy results to $OUT.
 #   eval.sh                 every trained row plus the encoder alone, then the comparison table and the
 #                           weights to commit (after `train_all.sh` with lusifer-small itself)
-#   eval.sh ROW...          only these rows (full, alignonly, rfonly, frozenenc, connonly, llmonly, distill, encoder,
-#                           teacher: the stage-1 encoder alone, which the distill row distils towards),
+#   eval.sh ROW...          only these rows (full, alignonly, rfonly, frozenenc, connonly, llmonly, distill, distillme5,
+#                           encoder, teacher: the stage-1 encoder alone, which the distill row distils towards),
 #                           their JSON and log straight to $OUT (train_all.sh ablations calls it per row
 #                           as soon as the row is merged, so a lease that ends early keeps the finished rows)
 set -uo pipefail
@@ -12,10 +12,11 @@ O=/tmp/runs
 E=/tmp/eval && mkdir -p $E "$OUT"
 declare -A path=([full]=$O/full-merged [alignonly]=$O/full-s1/model [rfonly]=$O/rfonly-merged
   [frozenenc]=$O/frozenenc-merged [connonly]=$O/connonly-merged [llmonly]=$O/llmonly-merged
-  [distill]=$O/distill-merged [encoder]=/tmp/base/encoder-me5-small [teacher]=$O/full-s1/model/encoder)
+  [distill]=$O/distill-merged [distillme5]=$O/distillme5-merged [encoder]=/tmp/base/encoder-me5-small [teacher]=$O/full-s1/model/encoder)
 declare -A name=([full]="LUSIFER (full)" [alignonly]="Alignment only" [rfonly]="Representation finetuning only"
   [frozenenc]="Frozen multilingual encoder" [connonly]="Connector only"
-  [llmonly]="LLM alone (SmolLM2-135M, stage 2)" [distill]="LUSIFER + distillation towards the encoder (addition)"
+  [llmonly]="LLM alone (SmolLM2-135M, stage 2)" [distill]="LUSIFER + distillation, stage-1 encoder teaching (addition)"
+  [distillme5]="LUSIFER + distillation, mE5-small teaching (addition)"
   [encoder]="mE5-small (encoder alone)" [teacher]="Stage-1 encoder alone (distillation teacher)")
 ev() {  # row
   local extra=(); case $1 in encoder|teacher) extra=(--encoder-prefix "query: ") ;; esac
@@ -28,7 +29,7 @@ if [ $# -gt 0 ]; then
   for row in "$@"; do ev "$row"; done
   exit
 fi
-for row in encoder full alignonly rfonly frozenenc connonly llmonly distill teacher; do
+for row in encoder full alignonly rfonly frozenenc connonly llmonly distill distillme5 teacher; do
   [ -d "${path[$row]}" ] && ev $row &
 done
 wait
