@@ -106,3 +106,37 @@ def test_bad_files_and_overrides(tmp_path):
     good.write_text(json.dumps(STAGE2_MIN))
     with pytest.raises(ConfigError, match="max_steps"):
         load_config("stage2", good, ["max_steps=many"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"distill_weight": -0.5}, r"distill_weight=-0.5 must be >= 0"),
+        ({"distill_weight": 1, "distill_files": ["texts.txt"], "distill_batch_size": 4}, r"distill_files\[0\]='texts.txt'"),
+        ({"distill_files": ["texts.jsonl"], "distill_batch_size": 4}, r"distill_weight=0 \(distillation off\)"),
+        ({"distill_weight": 1, "distill_files": ["texts.jsonl"]}, "distill_batch_size=0"),
+        ({"distill_weight": 1, "distill_batch_size": 4}, "distill_batch_size=4 but distill_files is empty"),
+        ({"distill_batch_size": -1}, "distill_batch_size=-1"),
+        ({"distill_weight": 1, "distill_teacher_pooling": "max"}, "distill_teacher_pooling='max'"),
+        ({"distill_weight": 1, "distill_loss": "cosine"}, "distill_loss='cosine'"),
+        ({"distill_weight": 1, "distill_temperature": 0}, "distill_temperature=0.0 must be > 0"),
+        ({"distill_weight": 1, "model_path": "", "encoder_lora_targets": [],
+          "model": {"architecture": "llm-only", "llm_path": "/tmp/llm"}}, "no encoder to distil from"),
+        ({"distill_teacher_path": "/tmp/me5"}, r"distill_teacher_path='/tmp/me5' but distill_weight=0"),
+    ],
+)
+def test_distillation_settings_are_checked(change, message):
+    with pytest.raises(ConfigError, match=message):
+        Stage2Config.from_dict({**STAGE2_MIN, **change})
+
+
+def test_distillation_defaults_off_and_files_resolve(tmp_path):
+    config = Stage2Config(**STAGE2_MIN)
+    assert (config.distill, config.distill_weight, config.distill_files) == (False, 0.0, [])
+    (tmp_path / "c.yaml").write_text("output_dir: run\ntrain_files: [p.jsonl]\nmodel_path: m\ndistill_weight: 1\n"
+                                     "distill_files: [texts.jsonl]\ndistill_batch_size: 8\n")
+    loaded = load_config("stage2", tmp_path / "c.yaml")
+    assert loaded.distill and loaded.distill_files == [str(tmp_path / "texts.jsonl")]
+    # a missing file is named when a run starts (a finished run's config still loads without its files)
+    with pytest.raises(ConfigError, match=r"distill_files\[0\]=.*texts.jsonl.* does not exist"):
+        loaded.check_distill_files()

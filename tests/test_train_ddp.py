@@ -31,16 +31,23 @@ def _torchrun(args, tmp_path, timeout=600):
     return out
 
 
-@pytest.mark.parametrize("chunk", [None, 1])
-def test_two_processes_equal_one_with_the_global_batch(tiny_model_dir, tmp_path, chunk):
+@pytest.mark.parametrize("chunk, distill", [(None, False), (1, False), (None, True)])
+def test_two_processes_equal_one_with_the_global_batch(tiny_model_dir, tmp_path, chunk, distill):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     common = dict(model_path=str(tiny_model_dir), train_files=[str(data)], max_steps=3, learning_rate=5e-3,
                   save_every=3, log_every=1, disable_dropout=True, grad_cache_chunk_size=chunk)
+    per_process = {"batch_size": 2}
+    if distill:  # the distillation term is global too (texts of every process in one similarity matrix)
+        texts = tmp_path / "texts.jsonl"
+        texts.write_text("".join(json.dumps({"text": f"The {p['positive']} today."}) + "\n" for p in PAIRS))
+        common.update(distill_weight=1.0, distill_files=[str(texts)])
+        per_process["distill_batch_size"] = 1
     torch.set_num_threads(1)
-    single = train_stage2(Stage2Config(output_dir=str(tmp_path / "one"), batch_size=4, **common))
+    single = train_stage2(Stage2Config(output_dir=str(tmp_path / "one"), **{**common, **{
+        k: 2 * v for k, v in per_process.items()}}))
     config = tmp_path / "ddp.json"
-    config.write_text(json.dumps({**common, "batch_size": 2, "output_dir": str(tmp_path / "two")}))
+    config.write_text(json.dumps({**common, **per_process, "output_dir": str(tmp_path / "two")}))
     out = _torchrun(["stage2", "--config", str(config)], tmp_path)
     assert out.stdout.count("stage2 finished at step 3") == 1  # one summary, not one per process
     a = load_file(single.final_checkpoint / "weights.safetensors")
@@ -51,6 +58,8 @@ def test_two_processes_equal_one_with_the_global_batch(tiny_model_dir, tmp_path,
     log_a = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     log_b = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in log_b] == pytest.approx([m["loss"] for m in log_a], rel=1e-5)
+    if distill:
+        assert [m["loss_distill"] for m in log_b] == pytest.approx([m["loss_distill"] for m in log_a], rel=1e-5)
     # the gradient itself (before clipping) matches, including its scale
     assert [m["grad_norm"] for m in log_b] == pytest.approx([m["grad_norm"] for m in log_a], rel=1e-4)
     assert [m["candidates"] for m in log_b] == [m["candidates"] for m in log_a] == [8.0] * 3  # 4 positives + 4 hard negatives (one per record)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lusifer.train.losses import contrastive_loss
+from lusifer.train.losses import contrastive_loss, similarity_distillation_loss
 from lusifer.train.schedule import lr_at
 from lusifer.train.stage1 import pack_prefix_and_target
 
@@ -65,6 +65,46 @@ def test_contrastive_loss_falls_on_a_toy_task():
         opt.step()
     assert n.grad is not None and n.grad.abs().sum() > 0
     assert loss.item() < 0.1 * first
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_similarity_distillation_loss(kind):
+    """Zero when the student's cosine structure equals the teacher's (any width, scale or rotation), positive
+    otherwise; gradients reach the student only."""
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 4)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    same = torch.cat([teacher, torch.zeros(6, 4)], dim=1) @ rotation * torch.tensor([[1.0], [3], [0.5], [2], [1], [7]])
+    assert similarity_distillation_loss(same, teacher, kind).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(6, 8, requires_grad=True)
+    teacher = teacher.clone().requires_grad_(True)
+    loss = similarity_distillation_loss(student, teacher, kind, temperature=0.1)
+    assert loss.item() > 1e-3
+    loss.backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_similarity_distillation_loss_known_values_and_errors():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # cosines: (0,1)=0, (0,2)=(1,2)=1/sqrt(2)
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # cosines: (0,1)=1, (0,2)=(1,2)=0
+    c = 1 / math.sqrt(2)
+    assert similarity_distillation_loss(s, t, "mse").item() == pytest.approx((2 * 1 + 4 * c**2) / 6, abs=1e-6)
+
+    def kl(p_logits, q_logits):  # KL(softmax(p) || softmax(q))
+        p, q = torch.softmax(torch.tensor(p_logits), 0), torch.softmax(torch.tensor(q_logits), 0)
+        return float((p * (p / q).log()).sum())
+
+    rows = [([1.0, 0.0], [0.0, c]), ([1.0, 0.0], [0.0, c]), ([0.0, 0.0], [c, c])]  # (teacher, student) per row
+    expected = sum(kl([x / 0.5 for x in t_row], [x / 0.5 for x in s_row]) for t_row, s_row in rows) / 3
+    assert similarity_distillation_loss(s, t, "kl", temperature=0.5).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="same N texts"):
+        similarity_distillation_loss(s, t[:2])
+    with pytest.raises(ValueError, match="at least 2"):
+        similarity_distillation_loss(s[:1], t[:1])
+    with pytest.raises(ValueError, match="kind='l2'"):
+        similarity_distillation_loss(s, t, "l2")
+    with pytest.raises(ValueError, match="temperature"):
+        similarity_distillation_loss(s, t, temperature=-1.0)
 
 
 def test_lr_schedule_warmup_then_cosine():

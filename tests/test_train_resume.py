@@ -60,10 +60,12 @@ def _configs(stage, tiny_model_dir, tmp_path):
     common = dict(model_path=str(tiny_model_dir), train_files=[_data(tmp_path, PAIRS, "p.jsonl")], batch_size=4,
                   grad_accum_steps=2, grad_cache_chunk_size=3, num_hard_negatives=1, learning_rate=5e-3,
                   warmup_steps=2, max_steps=6, save_every=2, log_every=1, keep_checkpoints=5)
+    if stage == "stage2-distill":  # distillation with extra texts, whose order must continue too
+        common.update(distill_weight=1.0, distill_files=[_data(tmp_path, TEXTS[:8], "d.jsonl")], distill_batch_size=3)
     return Stage2Config, train_stage2, common
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage1-reference"])  # stage 2: the SIGKILL test below
+@pytest.mark.parametrize("stage", ["stage1", "stage1-reference", "stage2-distill"])  # stage 2 without distillation: the SIGKILL test below
 def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, tmp_path, stage):
     cls, train, common = _configs(stage, tiny_model_dir, tmp_path)
     straight = train(cls(output_dir=str(tmp_path / "straight"), **common))
@@ -91,6 +93,8 @@ def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, tmp_path, stage
     log_b = [json.loads(line) for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in log_b] == [1, 2, 3, 4, 5, 6]  # the lost step 5 is logged once
     assert [m["loss"] for m in log_b] == pytest.approx([m["loss"] for m in log_a], rel=1e-6)
+    if stage == "stage2-distill":
+        assert [m["loss_distill"] for m in log_b] == pytest.approx([m["loss_distill"] for m in log_a], rel=1e-6)
 
 
 # ``lusifer-train`` in a child process. With PAUSE_AT set, the stage's run_training is wrapped (here, in the test

@@ -217,6 +217,11 @@ class Stage1ReferenceCollator:
 class Stage2Collator:
     """Tokenized queries and documents (positives first, then every drawn hard negative).
 
+    With ``teacher_prefix`` set (stage-2 distillation), also the teacher's inputs: every text of the batch
+    (queries, positives, hard negatives, then the ``extra`` distillation texts) raw, without the LUSIFER
+    template, prefixed, tokenized as the encoder alone reads it; and the ``extra`` texts as the model reads
+    them (query template, default instruction).
+
     Args:
         tokenizer: The encoder's tokenizer.
         model_config: The model's config (prompt templates, default instructions).
@@ -224,6 +229,8 @@ class Stage2Collator:
         num_hard_negatives: Hard negatives drawn per record (fewer when it has fewer).
         instruct_documents: Format documents with the record's instruction.
         seed: Run seed.
+        teacher_prefix: Prefix of the teacher's inputs; ``None``: no distillation inputs.
+        teacher_tokenizer: The teacher's tokenizer (``None``: ``tokenizer``, the model's own encoder).
     """
 
     tokenizer: object
@@ -232,10 +239,13 @@ class Stage2Collator:
     num_hard_negatives: int
     instruct_documents: bool
     seed: int
+    teacher_prefix: str | None = None
+    teacher_tokenizer: object = None
 
-    def __call__(self, rows: list[dict], keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict], keys: list[tuple[int, int]],
+                 extra: list[str] | None = None) -> dict[str, torch.Tensor]:
         queries = [_format(self.model_config, "query", row["query"], row["instruction"]) for row in rows]
-        positives, negatives = [], []
+        positives, negatives, raw_negatives = [], [], []
         for row, key in zip(rows, keys, strict=True):
             instruction = row["instruction"] if self.instruct_documents else ""
             positives.append(_format(self.model_config, "document", row["positive"], instruction))
@@ -243,14 +253,27 @@ class Stage2Collator:
             if len(pool) > self.num_hard_negatives:
                 pool = example_rng(self.seed, *key).sample(pool, self.num_hard_negatives)
             negatives.extend(_format(self.model_config, "document", n, instruction) for n in pool)
+            raw_negatives.extend(pool)
         q = self._tokenize(queries)
         d = self._tokenize(positives + negatives)
-        return {
+        batch = {
             "query_ids": q["input_ids"],
             "query_mask": q["attention_mask"],
             "doc_ids": d["input_ids"],
             "doc_mask": d["attention_mask"],
         }
+        if extra and self.teacher_prefix is None:
+            raise ValueError("extra distillation texts need teacher_prefix (distillation on)")
+        if self.teacher_prefix is not None:
+            raw = [row["query"] for row in rows] + [row["positive"] for row in rows] + raw_negatives + list(extra or [])
+            teacher_tokenizer = self.teacher_tokenizer or self.tokenizer
+            t = teacher_tokenizer([self.teacher_prefix + text for text in raw], truncation=True,
+                                  max_length=self.max_length, padding=True, return_tensors="pt")
+            batch["teacher_ids"], batch["teacher_mask"] = t["input_ids"], t["attention_mask"]
+            if extra:
+                x = self._tokenize([_format(self.model_config, "query", text, None) for text in extra])
+                batch["distill_ids"], batch["distill_mask"] = x["input_ids"], x["attention_mask"]
+        return batch
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(

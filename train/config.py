@@ -26,6 +26,8 @@ MODEL_DTYPES = ("float32", "bfloat16")
 # code: clean encoder input, masked LLM input and attention, bidirectional LLM)
 STAGE1_OBJECTIVES = ("current", "reference")
 REFERENCE_LLM_MASK_PROBABILITY = 0.5  # the reference's alignment configs (its collator's default is 0.15)
+TEACHER_POOLINGS = ("mean", "cls")
+DISTILL_LOSSES = ("kl", "mse")  # lusifer.train.losses.similarity_distillation_loss kinds
 ENCODER_LORA_TARGETS = ["query", "key", "value", "dense"]
 LLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -392,11 +394,28 @@ class Stage2Config(TrainConfig):
             whole micro-batch at once. The contrastive batch stays ``batch_size`` either way.
         instruct_documents: Format positives and negatives with the record's instruction (document
             template); otherwise documents are embedded without instruction.
+        distill_weight: Weight of the distillation term towards the encoder's own embedding (an addition to
+            the paper; 0 turns it off). The in-batch cosine-similarity matrix of the LUSIFER vectors of every
+            training text (queries, positives, hard negatives, plus the ``distill_files`` sentences) is pulled
+            towards that of the encoder alone (adapters disabled: no second copy) on the same texts.
+        distill_files: Optional ``.jsonl``/``.parquet`` files of unlabelled ``{"text"}`` rows used as extra
+            distillation inputs, ``distill_batch_size`` per micro-batch, in a seeded order.
+        distill_batch_size: Extra distillation texts per process per micro-batch (0 with no ``distill_files``).
+        distill_teacher_path: ``""``: the teacher is the model's own encoder with its LoRA disabled (no second
+            copy; after stage 1 that is the stage-1-merged encoder). A folder: a plain Hugging Face encoder
+            (config.json, safetensors, tokenizer; e.g. mE5-small as released) loaded frozen as the teacher, a
+            second encoder in memory, reading its own tokenization.
+        distill_teacher_prefix: Text prepended to every teacher input, as the encoder is normally used
+            (``"query: "`` for E5 models; the teacher reads the raw text, without the LUSIFER instruction).
+        distill_teacher_pooling: The teacher's pooling of its last hidden states: ``"mean"`` (E5) or ``"cls"``.
+        distill_loss: ``"kl"`` (softmax over each row's similarities) or ``"mse"`` (the cosines themselves);
+            see :func:`lusifer.train.losses.similarity_distillation_loss`.
+        distill_temperature: Softmax temperature of the ``"kl"`` distillation loss.
     """
 
     stage: ClassVar[str] = "stage2"
     path_fields: ClassVar[tuple[str, ...]] = ("output_dir", "train_files", "model_path", "model.encoder_path",
-                                              "model.llm_path")
+                                              "model.llm_path", "distill_files", "distill_teacher_path")
 
     model_path: str = ""
     model: dict = field(default_factory=dict)
@@ -405,6 +424,14 @@ class Stage2Config(TrainConfig):
     num_hard_negatives: int = 1
     grad_cache_chunk_size: int | None = None
     instruct_documents: bool = True
+    distill_weight: float = 0.0
+    distill_files: list[str] = field(default_factory=list)
+    distill_batch_size: int = 0
+    distill_teacher_path: str = ""
+    distill_teacher_prefix: str = "query: "
+    distill_teacher_pooling: str = "mean"
+    distill_loss: str = "kl"
+    distill_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -422,6 +449,55 @@ class Stage2Config(TrainConfig):
         for i, target in enumerate(self.llm_lora_targets):
             if not target:
                 raise ConfigError(f"llm_lora_targets[{i}] is empty; expected a module name such as 'q_proj'")
+        self._check_distillation()
+
+    @property
+    def distill(self) -> bool:
+        """Whether the distillation term is on."""
+        return self.distill_weight > 0
+
+    def _check_distillation(self) -> None:
+        _check_range("distill_weight", self.distill_weight, 0.0)
+        _check_range("distill_batch_size", self.distill_batch_size, 0)
+        _check_range("distill_temperature", self.distill_temperature, 0.0, low_open=True)
+        for name, allowed in (("distill_teacher_pooling", TEACHER_POOLINGS), ("distill_loss", DISTILL_LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not supported; expected one of {', '.join(allowed)}")
+        for i, name in enumerate(self.distill_files):
+            if not name.endswith((".jsonl", ".json", ".parquet")):
+                raise ConfigError(f"distill_files[{i}]={name!r} must end with .jsonl, .json or .parquet")
+        if self.distill_files and not self.distill:
+            raise ConfigError(f"distill_files={self.distill_files} but distill_weight=0 (distillation off); set "
+                              "distill_weight > 0 or remove distill_files")
+        if self.distill_files and self.distill_batch_size == 0:
+            raise ConfigError(f"distill_files={self.distill_files} but distill_batch_size=0; set how many of their "
+                              "texts join each micro-batch (e.g. distill_batch_size=64)")
+        if self.distill_batch_size and not self.distill_files:
+            raise ConfigError(f"distill_batch_size={self.distill_batch_size} but distill_files is empty; name the "
+                              "files of unlabelled {\"text\"} rows or set distill_batch_size=0")
+        if self.distill_teacher_path and not self.distill:
+            raise ConfigError(f"distill_teacher_path={self.distill_teacher_path!r} but distill_weight=0 (distillation "
+                              "off); set distill_weight > 0 or remove distill_teacher_path")
+        if (self.distill and not self.distill_teacher_path and self.model
+                and LusiferConfig.from_dict(self.model).is_llm_only):
+            raise ConfigError(f"distill_weight={self.distill_weight} but model.architecture='llm-only' has no "
+                              "encoder to distil from; set distill_teacher_path to an encoder folder or "
+                              "distill_weight=0")
+
+    def check_distill_files(self) -> None:
+        """Raise :class:`ConfigError` naming the first of ``distill_files`` (or ``distill_teacher_path``) that
+        does not exist.
+
+        Checked when a run starts rather than in ``__post_init__``: a finished run's saved config must still
+        load (e.g. to merge it) where its distillation inputs are not present.
+        """
+        for i, name in enumerate(self.distill_files):
+            if not Path(name).is_file():
+                raise ConfigError(f"distill_files[{i}]={name!r} does not exist; expected a .jsonl or .parquet file "
+                                  'of {"text": ...} rows')
+        if self.distill_teacher_path and not (Path(self.distill_teacher_path) / "config.json").is_file():
+            raise ConfigError(f"distill_teacher_path={self.distill_teacher_path!r} is not an encoder folder "
+                              "(config.json, *.safetensors, tokenizer); expected e.g. mE5-small's folder")
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {"stage1": Stage1Config, "stage2": Stage2Config}

@@ -10,6 +10,8 @@ Stage-1 records (one of two shapes; both may be mixed in one file):
 Stage-2 records: ``{"query": str, "positive": str, "negatives": [str, ...] (optional),
 "instruction": str (optional)}``.
 
+Distillation texts (stage 2's optional ``distill_files``): ``{"text": str}``.
+
 Other keys (ids, scores...) are ignored. A bad record raises :class:`DataError` naming the file and the line
 (JSONL) or row (parquet), both 1-based.
 """
@@ -135,7 +137,15 @@ def stage2_example(record: Any, where: str) -> dict:
     }
 
 
-EXAMPLE_BUILDERS: dict[str, Callable[[Any, str], dict]] = {"stage1": stage1_example, "stage2": stage2_example}
+def distill_example(record: Any, where: str) -> dict:
+    """Validate a distillation record (an unlabelled text) and return ``{"text"}``."""
+    record = _object(record, where, "'text'")
+    return {"text": _text(record, "text", where)}
+
+
+DISTILL = "distill"  # the kind of record of stage 2's distill_files
+EXAMPLE_BUILDERS: dict[str, Callable[[Any, str], dict]] = {"stage1": stage1_example, "stage2": stage2_example,
+                                                            DISTILL: distill_example}
 
 
 def _features(stage: str):
@@ -143,6 +153,8 @@ def _features(stage: str):
     if stage == "stage1":
         return datasets.Features({name: datasets.Value("string") for name in
                                   ("encoder_text", "target_text", "instruction", "objective")})
+    if stage == DISTILL:
+        return datasets.Features({"text": datasets.Value("string")})
     return datasets.Features({
         "query": datasets.Value("string"),
         "positive": datasets.Value("string"),
@@ -173,7 +185,7 @@ def load_examples(files: list[str], stage: str, cache_dir: str | os.PathLike | N
 
     Args:
         files: JSONL or parquet files, concatenated in order.
-        stage: ``"stage1"`` or ``"stage2"``.
+        stage: ``"stage1"``, ``"stage2"`` or ``"distill"`` (the kind of record).
         cache_dir: Where ``datasets`` keeps the Arrow cache (reused while the files are unchanged);
             ``None`` keeps the data in memory.
 
@@ -212,14 +224,16 @@ def load_examples(files: list[str], stage: str, cache_dir: str | os.PathLike | N
     return ds
 
 
-def load_examples_for_run(config, ctx):
-    """Load a run's training files (``config.stage``); rank 0 builds the ``datasets`` cache in
-    ``OUTPUT_DIR/cache/datasets`` first, then the other ranks read it."""
+def load_examples_for_run(config, ctx, files: list[str] | None = None, kind: str | None = None):
+    """Load a run's training files (``config.stage``), or other ``files`` of records of ``kind``; rank 0 builds
+    the ``datasets`` cache in ``OUTPUT_DIR/cache/datasets`` first, then the other ranks read it."""
+    files = config.train_files if files is None else files
+    kind = kind or config.stage
     cache = Path(config.output_dir) / "cache" / "datasets"
     examples = None
     if ctx.is_main:
-        examples = load_examples(config.train_files, config.stage, cache_dir=cache)
+        examples = load_examples(files, kind, cache_dir=cache)
     ctx.barrier()
     if examples is None:
-        examples = load_examples(config.train_files, config.stage, cache_dir=cache)
+        examples = load_examples(files, kind, cache_dir=cache)
     return examples

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lusifer.pooling import l2_normalize
+from lusifer.train.config import DISTILL_LOSSES
+
 IGNORE_INDEX = -100
 
 
@@ -45,6 +48,53 @@ def contrastive_loss(
     logits = qn @ cn.T / temperature
     labels = torch.arange(q.shape[0], device=q.device)
     return F.cross_entropy(logits, labels)
+
+
+def similarity_distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    kind: str = "kl",
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Distil the similarity structure of ``teacher`` into ``student``: their in-batch cosine matrices must agree.
+
+    Both sides embed the same N texts (row ``i`` is text ``i``); their widths may differ (e.g. 576 vs 384), as
+    only the (N, N) cosine-similarity matrices are compared, without their diagonals (always 1). The teacher
+    is detached: gradients flow to ``student`` only.
+
+    Args:
+        student: (N, D_s) student embeddings, not necessarily normalised (N >= 2).
+        teacher: (N, D_t) teacher embeddings of the same texts.
+        kind: ``"kl"``: per row, KL(teacher || student) of the softmax over the other N-1 texts of
+            ``cos / temperature`` (matches neighbour rankings, invariant to a per-row shift of the cosines);
+            ``"mse"``: mean squared difference of the off-diagonal cosines (matches the cosines themselves).
+        temperature: Softmax temperature of ``"kl"`` (> 0); unused by ``"mse"``.
+
+    Returns:
+        A float32 scalar: 0 when the two cosine structures are equal, > 0 otherwise.
+    """
+    if student.ndim != 2 or teacher.ndim != 2 or student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must be (N, D_s) "
+                         "and (N, D_t) embeddings of the same N texts")
+    if student.shape[0] < 2:
+        raise ValueError(f"similarity distillation needs at least 2 texts, got {student.shape[0]}")
+    if kind not in DISTILL_LOSSES:
+        raise ValueError(f"kind={kind!r} is not a distillation loss; expected one of {', '.join(DISTILL_LOSSES)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0")
+    n = student.shape[0]
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def cosines(x: torch.Tensor) -> torch.Tensor:
+        x = l2_normalize(x.float())
+        return (x @ x.T)[off_diagonal].view(n, n - 1)
+
+    s = cosines(student)
+    t = cosines(teacher.detach())
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    return F.kl_div(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1),
+                    log_target=True, reduction="batchmean")
 
 
 def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

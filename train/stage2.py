@@ -6,6 +6,9 @@ bidirectionally and embeddings are mean-pooled, exactly as at embedding time (``
 Across processes, embeddings are gathered so every query sees the negatives of the whole global batch;
 each process computes the global loss with gradients flowing into its own slice, so the averaged gradients
 equal those of a single process holding the whole batch.
+
+Optionally (``distill_weight > 0``, an addition to the paper), a distillation term pulls the in-batch
+similarity structure of the LUSIFER vectors towards the encoder's own (``lusifer.train.distill``).
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ from lusifer.backbones import set_attention_causal
 from lusifer.modeling import LusiferModel
 from lusifer.train.batching import BatchPlan, MicroBatches
 from lusifer.train.collate import Stage2Collator
-from lusifer.train.config import Stage2Config
-from lusifer.train.data import load_examples_for_run
+from lusifer.train.config import ConfigError, Stage2Config
+from lusifer.train.data import DISTILL, load_examples_for_run
+from lusifer.train.distill import (
+    DistillBatches,
+    global_distillation_loss,
+    load_teacher,
+    model_teacher,
+    teacher_embeddings,
+)
 from lusifer.train.distributed import DistContext, gather_with_grad
 from lusifer.train.gradcache import backward_through_chunks, embed_without_graph
 from lusifer.train.losses import contrastive_loss
 from lusifer.train.loop import Metrics, TrainResult, run_training
-from lusifer.train.model_setup import build_stage_model
+from lusifer.train.model_setup import DTYPES, build_stage_model
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +64,27 @@ class Stage2Task:
     def __init__(self) -> None:
         self.temperature = 0.05
         self.chunk_size: int | None = None
+        self.config: Stage2Config | None = None
+        self.teacher: torch.nn.Module | None = None  # a separate teacher encoder (distill_teacher_path)
+        self.teacher_tokenizer = None
 
     def build_model(self, config: Stage2Config, device: torch.device) -> LusiferModel:
         self.temperature = config.temperature
         self.chunk_size = config.grad_cache_chunk_size
-        return build_stage_model(config, device)
+        self.config = config
+        if config.distill:
+            config.check_distill_files()  # before any weights load
+        model = build_stage_model(config, device)
+        if config.distill and model.encoder is None and not config.distill_teacher_path:
+            raise ConfigError(f"distill_weight={config.distill_weight} but the starting model {config.model_path!r} "
+                              "(architecture 'llm-only') has no encoder to distil from; set distill_teacher_path to "
+                              "an encoder folder or distill_weight=0")
+        if config.distill_teacher_path:
+            self.teacher, self.teacher_tokenizer = load_teacher(config.distill_teacher_path, device,
+                                                                DTYPES[config.model_dtype])
+        return model
 
-    def build_batches(self, config: Stage2Config, model: LusiferModel, ctx: DistContext) -> MicroBatches:
+    def build_batches(self, config: Stage2Config, model: LusiferModel, ctx: DistContext):
         examples = load_examples_for_run(config, ctx)
         plan = BatchPlan(len(examples), config.batch_size, ctx.world_size, ctx.rank, config.seed)
         collate = Stage2Collator(
@@ -70,8 +94,24 @@ class Stage2Task:
             num_hard_negatives=config.num_hard_negatives,
             instruct_documents=config.instruct_documents,
             seed=config.seed,
+            teacher_prefix=config.distill_teacher_prefix if config.distill else None,
+            teacher_tokenizer=self.teacher_tokenizer,
         )
-        return MicroBatches(examples, plan, collate)
+        batches = MicroBatches(examples, plan, collate)
+        if not config.distill:
+            return batches
+        if not config.distill_files:
+            return DistillBatches(batches)
+        texts = load_examples_for_run(config, ctx, config.distill_files, DISTILL)
+        wanted = config.distill_batch_size * ctx.world_size
+        if len(texts) < wanted:
+            raise ConfigError(
+                f"distill_files hold {len(texts)} texts, fewer than one global distillation batch of {wanted} "
+                f"(distill_batch_size={config.distill_batch_size} x {ctx.world_size} process(es)); add texts or "
+                "lower distill_batch_size"
+            )
+        return DistillBatches(batches, texts, BatchPlan(len(texts), config.distill_batch_size, ctx.world_size,
+                                                        ctx.rank, config.seed))
 
     def start(self, model: LusiferModel) -> None:
         set_attention_causal(model.llm, False)
@@ -80,23 +120,37 @@ class Stage2Task:
                          ctx: DistContext) -> Metrics:
         # each rank's gradient is d(global loss)/d(its slice); the loop averages over ranks, hence * world_size
         scale = loss_scale * ctx.world_size
-        qi, qm, di, dm = batch["query_ids"], batch["query_mask"], batch["doc_ids"], batch["doc_mask"]
+        config = self.config
+        distill = config is not None and config.distill
+        inputs = [(batch["query_ids"], batch["query_mask"]), (batch["doc_ids"], batch["doc_mask"])]
+        if distill and "distill_ids" in batch:  # the extra distillation texts (distill_files)
+            inputs.append((batch["distill_ids"], batch["distill_mask"]))
+        teacher = None
+        if distill:
+            teacher = teacher_embeddings(self.teacher or model_teacher(model), batch["teacher_ids"],
+                                         batch["teacher_mask"], config.distill_teacher_pooling, self.chunk_size,
+                                         ctx.autocast)
         if self.chunk_size is None:
             with ctx.autocast():
-                q = model(qi, qm)
-                d = model(di, dm)
-            loss, candidates = global_contrastive_loss(q.float(), d.float(), self.temperature, ctx)
-            (loss * scale).backward()
+                embeddings = [model(ids, mask).float() for ids, mask in inputs]
         else:
-            q, q_rng = embed_without_graph(model, qi, qm, self.chunk_size, ctx.autocast)
-            d, d_rng = embed_without_graph(model, di, dm, self.chunk_size, ctx.autocast)
-            q.requires_grad_(True)
-            d.requires_grad_(True)
-            loss, candidates = global_contrastive_loss(q, d, self.temperature, ctx)
-            (loss * scale).backward()
-            backward_through_chunks(model, qi, qm, self.chunk_size, q.grad, q_rng, ctx.autocast)
-            backward_through_chunks(model, di, dm, self.chunk_size, d.grad, d_rng, ctx.autocast)
-        return {"loss": (loss.item(), 1.0), "candidates": (float(candidates), 1.0)}
+            cached = [embed_without_graph(model, ids, mask, self.chunk_size, ctx.autocast) for ids, mask in inputs]
+            embeddings = [emb.requires_grad_(True) for emb, _ in cached]
+        q, d = embeddings[0], embeddings[1]
+        loss, candidates = global_contrastive_loss(q, d, self.temperature, ctx)
+        metrics = {"loss": (loss.item(), 1.0), "candidates": (float(candidates), 1.0)}
+        if distill:
+            distill_loss = global_distillation_loss(torch.cat(embeddings), teacher, config.distill_loss,
+                                                    config.distill_temperature, ctx)
+            metrics["loss_contrastive"] = metrics["loss"]
+            metrics["loss_distill"] = (distill_loss.item(), 1.0)
+            loss = loss + config.distill_weight * distill_loss
+            metrics["loss"] = (loss.item(), 1.0)
+        (loss * scale).backward()
+        if self.chunk_size is not None:
+            for (ids, mask), emb, (_, rng) in zip(inputs, embeddings, cached):
+                backward_through_chunks(model, ids, mask, self.chunk_size, emb.grad, rng, ctx.autocast)
+        return metrics
 
     def finish(self, config: Stage2Config, final_checkpoint: Path, ctx: DistContext) -> dict:
         logger.info("stage 2 done; merge LoRA with: lusifer-train merge %s --out MERGED_DIR", config.output_dir)

