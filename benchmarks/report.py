@@ -306,9 +306,18 @@ def _edge(r: Result) -> str:
                      " / ".join(f"{lat[t]['p99_ms']:.0f}" for t in sorted(lat, key=int)),
                      _n(max(lat[t]["peak_rss_mib"] for t in lat))))
     threads = " / ".join(str(t) for t in r.data.get("threads", []))
-    return (f"One {r.data['text_tokens']}-token text; latencies on {threads} threads.\n\n"
+    text = (f"One {r.data['text_tokens']}-token text; latencies on {threads} threads.\n\n"
             + md_table(["variant", "folder MB", "cold start s", "cold start s, no checksums", "p50 ms",
                         "p99 ms", "peak RSS MiB"], rows))
+    ab = r.data.get("session_ab")
+    if ab:
+        base = ab["settings"]["runtime"]["p50_ms"]
+        text += (f"\nSession settings over the runtime's ({ab['variant']}, {ab['threads']} threads, one process, "
+                 f"{ab['rounds']} interleaved rounds):\n\n"
+                 + md_table(["setting", "p50 ms", "p90 ms", "p50 vs runtime"],
+                            [(name, f"{v['p50_ms']:.1f}", f"{v['p90_ms']:.1f}", f"{base / v['p50_ms']:.2f}x")
+                             for name, v in ab["settings"].items()]))
+    return text
 
 
 def _scaling(r: Result) -> str:

@@ -166,8 +166,7 @@ def export_model(
 
     The folder holds the graph(s) (``model.onnx`` for fp32, ``model_fp16.onnx`` for fp16, plus
     ``model_int8.onnx`` with ``quantize="int8"``, or that one alone with ``int8_only``; each with a ``.data`` file
-    when over 2 GB), the encoder's
-    ``tokenizer.json`` (the LLM's for an ``llm-only`` model, whose graph then takes LLM token ids) and
+    when over 2 GB), the encoder's ``tokenizer.json`` (the LLM's for an ``llm-only`` model, whose graph then takes LLM token ids) and
     ``manifest.json`` (``source.architecture`` names the architecture). It is assembled in a ``.<name>.partial-*`` folder beside
     ``out_dir`` and moved into place only when complete.
 
