@@ -149,7 +149,8 @@ def run(args) -> dict:
                         child.result["p99_ms"])
         variants[variant] = entry
     doc = {"benchmark": "edge", "machine": machine, "text": text, "text_tokens": n_tokens, "threads": threads,
-           "cold_repeats": args.cold_repeats, "variants": variants, "targets": targets(variants, threads)}
+           "cold_repeats": args.cold_repeats, "variants": variants, "targets": targets(variants, threads),
+           "note": args.note}
     if args.session_ab:
         variant = "int8" if "int8" in exports else "fp32"
         settings = [f"{name}:{spec}" if spec else name for name, spec in SESSION_AB.items()]
@@ -185,7 +186,7 @@ def targets(variants: dict, threads: list[int]) -> list[dict]:
 
 def markdown(doc: dict) -> str:
     text = (f"# Edge: single texts on CPU\n\nText ({doc['text_tokens']} tokens with the query prompt): "
-            f"{doc['text']!r}\n\n## Size on disk\n\n")
+            f"{doc['text']!r}\n\n" + (f"{doc['note']}\n\n" if doc.get("note") else "") + "## Size on disk\n\n")
     text += md_table(["variant", "total MB", "total MiB", "graph MB", "export"],
                      [[k, v["size"]["total_mb"], v["size"]["total_mib"], v["size"]["graph_mb"], v["export"]]
                       for k, v in doc["variants"].items()])
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session-ab", action="store_true",
                         help="also A/B ONNX Runtime session settings (SESSION_AB) on the single text")
     parser.add_argument("--ab-rounds", type=int, default=10, help="interleaved rounds of the session A/B")
+    parser.add_argument("--note", default="", help="a sentence for the results file (how it was run)")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--name", default="edge", help="results file stem")
     args = parser.parse_args(argv)

@@ -307,6 +307,7 @@ def _edge(r: Result) -> str:
                      _n(max(lat[t]["peak_rss_mib"] for t in lat))))
     threads = " / ".join(str(t) for t in r.data.get("threads", []))
     text = (f"One {r.data['text_tokens']}-token text; latencies on {threads} threads.\n\n"
+            + (f"{r.data['note']}\n\n" if r.data.get("note") else "")
             + md_table(["variant", "folder MB", "cold start s", "cold start s, no checksums", "p50 ms",
                         "p99 ms", "peak RSS MiB"], rows))
     ab = r.data.get("session_ab")
