@@ -207,9 +207,10 @@ def markdown(doc: dict) -> str:
         text += (f"\n## Session settings A/B ({ab['variant']}, {ab['threads']} threads, one process, {ab['rounds']} "
                  "interleaved rounds)\n\n")
         text += md_table(["setting", "over the runtime's options", "p50 ms", "p90 ms", "p99 ms", "mean ms",
-                          "p50 vs runtime"],
+                          "p50 vs runtime", "CPU ms per call (p50, all threads)"],
                          [[name, ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "-", r["p50_ms"],
-                           r["p90_ms"], r["p99_ms"], r["mean_ms"], f"{base / r['p50_ms']:.3f}x" if base else "-"]
+                           r["p90_ms"], r["p99_ms"], r["mean_ms"], f"{base / r['p50_ms']:.3f}x" if base else "-",
+                           r.get("cpu_p50_ms")]
                           for name, r in ab["settings"].items()])
     return text
 

@@ -337,7 +337,8 @@ def _embedder_with(settings: dict[str, str], args):
 def latency_ab(args) -> dict:
     """Single-text latency of several session settings in one process, interleaved: ``--rounds`` rounds, each
     runs every setting (in a rotated order) for ``--iterations / --rounds`` timed calls, so load drift on a
-    shared machine falls on all settings alike."""
+    shared machine falls on all settings alike. ``cpu_p50_ms``: the process's CPU time per call (all threads;
+    less sensitive to other processes than wall time, but spinning threads add to it by design)."""
     settings = dict(_session_setting(s) for s in args.setting)
     embedders = {name: _embedder_with(pairs, args) for name, pairs in settings.items()}
     for embedder in embedders.values():
@@ -345,20 +346,23 @@ def latency_ab(args) -> dict:
             embedder.embed([args.text], kind=args.kind)
     per_round = max(1, args.iterations // args.rounds)
     times: dict[str, list[float]] = {name: [] for name in embedders}
+    cpu: dict[str, list[float]] = {name: [] for name in embedders}  # CPU seconds of the process (all threads)
     names = list(embedders)
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             embedder = embedders[name]
             for _ in range(per_round):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 embedder.embed([args.text], kind=args.kind)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     out = {}
     for name, values in times.items():
         ms = np.asarray(values) * 1000
         out[name] = {"settings": settings[name], "p50_ms": float(np.percentile(ms, 50)),
                      "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-                     "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "iterations": len(values)}
+                     "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "iterations": len(values),
+                     "cpu_p50_ms": float(np.percentile(np.asarray(cpu[name]) * 1000, 50))}
     return {"variant": args.variant, "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup,
             "settings": out}
 
