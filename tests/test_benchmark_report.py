@@ -68,3 +68,18 @@ def test_results_files_are_written_without_local_paths(tmp_path, monkeypatch):
     saved = json.loads(json_path.read_text("utf-8"))
     assert saved["model"] == "benchmarks/work/small/export-int8" and saved["command"] == "python -m x"
     assert "cwd" not in saved["machine"]
+
+
+def test_edge_latency_headline_comes_only_from_a_run_started_on_an_idle_machine(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "benchmarks" / "results", results)
+    readme, docs = tmp_path / "README.md", tmp_path / "benchmarks.md"
+    shutil.copy(REPO / "README.md", readme)
+    edge = json.loads((results / "cpu" / "edge_small_int8_block.json").read_text("utf-8"))
+    edge["machine"]["started"] = "2099-01-01T00:00:00+00:00"  # the newest edge run
+    edge["variants"]["int8"]["latency"]["2"]["p50_ms"] = 12.0
+    for load, quoted in ((9.5, False), (0.5, True)):
+        edge["machine"]["load_average_at_start"] = [load, load, load]  # 2 usable CPUs
+        (results / "cpu" / "edge_later.json").write_text(json.dumps(edge), "utf-8")
+        assert report("--results", str(results), "--readme", str(readme), "--docs", str(docs)).returncode == 0
+        assert ("s, 12 ms" in readme.read_text("utf-8")) is quoted, load
