@@ -371,8 +371,10 @@ def markdown(data: dict) -> str:
                      "difference over that of the base, on the changed tensors).")
     ins = data["instructions"]
     if ins["rows"]:
+        per = sorted(set(ins["rows_per_task"].values()))
         lines += ["", "## Instruction wording (LUSIFER export, STS tasks, "
-                  + (f"first {limit} rows of each" if limit else "all rows") + ")", "",
+                  + (f"first {ins['limit']} rows of each" if ins["limit"] else "all rows")
+                  + f"; {'/'.join(map(str, per))} rows)", "",
                   "| STS instruction | " + " | ".join(ins["tasks"]) + " | non-English avg |",
                   "|---|" + "---:|" * (len(ins["tasks"]) + 1)]
         for row in ins["rows"].values():
@@ -429,10 +431,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="first N rows of each task for every row (default: all rows; saved vectors of more rows "
                              "are cut to N)")
+    parser.add_argument("--sts-limit", type=int, default=None,
+                        help="step e only: first N rows of each STS task (default: --limit)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--work", default=str(DEFAULT_WORK_DIR / NAME),
                         help="work folder: vectors, merged model (reused when run again)")
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
+    parser.add_argument("--results-name", default=NAME, help="results file name (without .json / .md)")
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -440,8 +445,10 @@ def main(argv: list[str] | None = None) -> None:
         unknown = sorted(set(steps) - set(STEPS))
         if unknown:
             raise BenchmarkError(f"--steps {args.steps!r}: unknown step(s) {unknown}; expected some of {', '.join(STEPS)}")
-        if args.limit is not None and args.limit < 2:
-            raise BenchmarkError(f"--limit={args.limit}; expected an integer >= 2")
+        for option in ("limit", "sts_limit"):
+            value = getattr(args, option)
+            if value is not None and value < 2:
+                raise BenchmarkError(f"--{option.replace('_', '-')}={value}; expected an integer >= 2")
         if args.batch_size < 1:
             raise BenchmarkError(f"--batch-size={args.batch_size}; expected a positive integer")
         run_all(args, [] if args.report_only else steps)
@@ -471,6 +478,7 @@ def run_all(args, steps: list[str]) -> None:
     bs = args.batch_size
     merged = work / "merged"
     lim = args.limit
+    sts_lim = args.sts_limit if args.sts_limit is not None else lim
     wordings = {"evaluation": DEFAULT_INSTRUCTIONS["sts"], "training_stsb": TRAIN_INSTRUCTIONS["stsb"], "none": ""}
     rows = {
         "a": Row(ROW_NAMES["encoder"], "encoder", base_encoder, prefix=E5_PREFIX, limit=lim),
@@ -479,7 +487,7 @@ def run_all(args, steps: list[str]) -> None:
         "e_training_stsb": Row("lusifer-small-sts-training", "export", export, variant=args.variant,
                                instructions=(("sts", wordings["training_stsb"]),), limit=lim, only_type="sts"),
         "e_none": Row("lusifer-small-sts-none", "export", export, variant=args.variant,
-                      instructions=(("sts", ""),), limit=lim, only_type="sts"),
+                      instructions=(("sts", ""),), limit=sts_lim, only_type="sts"),
     }
     lengths = long_texts(export, base_encoder, suite, DEFAULT_INSTRUCTIONS)
     affected = [name for name, v in lengths["per_task"].items() if v["over_128_lusifer_prompt"]]
@@ -527,11 +535,19 @@ def run_all(args, steps: list[str]) -> None:
         diffs = [abs(table[row_key]["averages"][k] - CARD[key][k]) for k in CARD[key]]
         checks[key] = {"card": CARD[key], "max_abs_diff": max(diffs), "ok": max(diffs) <= 0.15}
 
-    sts_done = {k: row_entries(rows[k], work, ordered, limit=lim) for k in ("e_training_stsb", "e_none")}
-    baseline = row_entries(rows["c"], work, ordered, limit=lim)
-    ins_tasks = [t.name for t in suite.tasks if t.type == "sts" and t.name in baseline
-                 and all(t.name in d for d in sts_done.values())]
-    ins_rows = {}
+    sts_done = {k: row_entries(rows[k], work, ordered, limit=sts_lim) for k in ("e_training_stsb", "e_none")}
+    ins_rows, ins_tasks, ins_counts = {}, [], {}
+    for task in (t for t in suite.tasks if t.type == "sts"):
+        counts = [d[task.name]["rows"] for d in sts_done.values() if task.name in d]
+        if len(counts) == len(sts_done) and len(set(counts)) == 1:
+            ins_tasks.append(task.name)
+            ins_counts[task.name] = counts[0]
+    baseline = {}
+    for name in ins_tasks:  # row c on the same first rows as the instruction rows
+        entry = row_entries(rows["c"], work, [suite.task(name)], limit=ins_counts[name]).get(name)
+        if entry is not None and entry["rows"] == ins_counts[name]:
+            baseline[name] = entry
+    ins_tasks = [t for t in ins_tasks if t in baseline]
     if ins_tasks:
         ins_rows["evaluation"] = {"label": f"evaluation: \"{wordings['evaluation']}\"",
                                   **summary([baseline[t] for t in ins_tasks])}
@@ -552,14 +568,15 @@ def run_all(args, steps: list[str]) -> None:
                      "done": {rows[k].name: list(e) for k, e in entries.items()}},
         "rows": table, "checks": checks,
         "encoder_change": encoder_change(base_encoder, merged / "encoder") if (merged / "encoder").is_dir() else None,
-        "instructions": {"limit": lim, "wordings": wordings, "tasks": ins_tasks, "rows": ins_rows},
+        "instructions": {"limit": sts_lim, "rows_per_task": {t: ins_counts[t] for t in ins_tasks},
+                         "wordings": wordings, "tasks": ins_tasks, "rows": ins_rows},
         "max_length": ml,
         "timings": {rows[k].name: {t: {"seconds": e.get("seconds"), "texts_embedded": e.get("texts_embedded")}
                                    for t, e in ents.items()} for k, ents in entries.items()},
     }
     paths = {"EXPORT": export, "BASE": base, "DATA/eval": suite_dir, "WORK": work}
     data = anonymise(data, paths)
-    json_path, md_path = write_results(args.results, NAME, data, anonymise(markdown(data), paths))
+    json_path, md_path = write_results(args.results, args.results_name, data, anonymise(markdown(data), paths))
     print(f"wrote {json_path} and {md_path}")
 
 
