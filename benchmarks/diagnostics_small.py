@@ -208,8 +208,11 @@ def ensemble_entries(folders: list[Path], tasks: list[dict]) -> list[dict]:
     out = []
     for task in tasks:
         vs = [load_task_vectors(f / f"{task['name']}.npz") for f in folders]
-        if len({len(v["embeddings1"]) for v in vs}) != 1:
-            raise BenchmarkError(f"task {task['name']}: the models' vectors have different row counts")
+        n = task["rows"]  # the first rows (a saved file may hold more)
+        if min(len(v["embeddings1"]) for v in vs) < n:
+            raise BenchmarkError(f"task {task['name']}: a model has fewer than {n} rows of vectors")
+        vs = [{**v, "embeddings1": v["embeddings1"][:n], "embeddings2": v["embeddings2"][:n],
+               "gold": None if v["gold"] is None else v["gold"][:n]} for v in vs]
         if task["type"] == "bitext":
             sim = np.mean([cosine_matrix(v["embeddings1"], v["embeddings2"]) for v in vs], axis=0)
             raw = bitext_scores_from_predictions(np.argmax(sim, axis=1))

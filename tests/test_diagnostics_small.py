@@ -13,14 +13,14 @@ from test_runtime_support import export_tiny
 
 from benchmarks import diagnostics_small as diag
 from lusifer.evaluation.cli import main as eval_main
-from lusifer.evaluation.metrics import bitext_scores_from_predictions
+from lusifer.evaluation.metrics import bitext_scores_from_predictions, spearman
 from lusifer.evaluation.runner import load_task_vectors, score_task
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_factory, tmp_path_factory):
+def setup(tiny_factory, tmp_path_factory, suite_dir):  # noqa: F811
     """A tiny export (row c), a tiny base encoder (row a) and a work folder whose merged model is the tiny
-    LusiferModel (its encoder is row b), so no real weights are needed."""
+    LusiferModel (its encoder is row b), so no real weights are needed; every step run once into ``work``."""
     from lusifer.tiny import build_tiny_encoder
 
     root = tmp_path_factory.mktemp("diag")
@@ -31,6 +31,8 @@ def setup(tiny_factory, tmp_path_factory):
     (base / "base_models.json").write_text("{}", "utf-8")
     work = root / "work"
     shutil.copytree(model, work / "merged")
+    diag.main(["--export", str(export), "--base", str(base), "--suite", str(suite_dir), "--work", str(work),
+               "--results", str(root / "first"), "--steps", "a,b,c,e,f"])
     return export, base, work
 
 
@@ -38,7 +40,10 @@ def test_rows_ensembles_and_instruction_rows(setup, suite_dir, tmp_path):  # noq
     export, base, work = setup
     args = ["--export", str(export), "--base", str(base), "--suite", str(suite_dir), "--work", str(work),
             "--results", str(tmp_path), "--steps", "a,b,c,e,f"]
-    diag.main(args)
+    before = {p: p.stat().st_mtime_ns for p in (work / "vectors").rglob("*.npz")}
+    diag.main(args)  # a second call reuses every saved vector (no model is opened)
+    assert {p: p.stat().st_mtime_ns for p in (work / "vectors").rglob("*.npz")} == before
+    first = json.loads((work.parent / "first" / "diagnostics.json").read_text("utf-8"))
     data = json.loads((tmp_path / "diagnostics.json").read_text("utf-8"))
     assert data["coverage"]["complete"] and len(data["coverage"]["common_tasks"]) == 4
     assert set(data["rows"]) == {"a_encoder", "b_merged_encoder", "c_lusifer", "d_ensemble_a_c", "d_ensemble_b_c"}
@@ -62,12 +67,7 @@ def test_rows_ensembles_and_instruction_rows(setup, suite_dir, tmp_path):  # noq
     assert data["checks"]["lusifer"]["ok"] is not None  # complete, no limit: compared with the model card
     md = (tmp_path / "diagnostics.md").read_text("utf-8")
     assert "(d) ensemble (a)+(c)" in md and str(work) not in md and str(export) not in json.dumps(data)
-
-    # a second call reuses every saved vector (no model is opened) and reports the same
-    before = {p: p.stat().st_mtime_ns for p in (work / "vectors").rglob("*.npz")}
-    diag.main(args)
-    assert {p: p.stat().st_mtime_ns for p in (work / "vectors").rglob("*.npz")} == before
-    assert json.loads((tmp_path / "diagnostics.json").read_text("utf-8"))["rows"] == data["rows"]
+    assert first["rows"] == data["rows"]
 
 
 def test_partial_work_reports_the_common_tasks_only(setup, suite_dir, tmp_path):  # noqa: F811
@@ -93,6 +93,11 @@ def test_limit_cuts_saved_vectors_and_skips_the_card_check(setup, suite_dir, tmp
     a = load_task_vectors(work / "vectors" / "mE5-small" / "sts-en.npz")
     expected = score_task("sts", a["embeddings1"][:2], a["embeddings2"][:2], a["gold"][:2])["spearman"]
     assert data["rows"]["a_encoder"]["tasks"]["sts-en"] == pytest.approx(expected)
+    c = load_task_vectors(work / "vectors" / "lusifer-small" / "sts-en.npz")  # the ensemble is cut to 2 rows too
+    cos = lambda v: np.sum(v["embeddings1"][:2] * v["embeddings2"][:2], axis=1) / (  # noqa: E731
+        np.linalg.norm(v["embeddings1"][:2], axis=1) * np.linalg.norm(v["embeddings2"][:2], axis=1))
+    expected = 100 * spearman((cos(a) + cos(c)) / 2, a["gold"][:2])
+    assert data["rows"]["d_ensemble_a_c"]["tasks"]["sts-en"] == pytest.approx(expected)
 
 
 def test_bad_step_is_an_error(setup, suite_dir, tmp_path, capsys):  # noqa: F811
