@@ -359,13 +359,14 @@ def markdown(data: dict) -> str:
         for lang in langs:
             v = row["languages"].get(lang, {})
             cells.append(" / ".join(fmt(v[k]) for k in ("bitext_f1", "sts_spearman") if k in v) or "-")
-        lines.append(f"| {row['label'].split(' ', 1)[0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['short']} | " + " | ".join(cells) + " |")
     lines += [""]
     for key, check in data["checks"].items():
+        card = "/".join(f"{check['card'][k]:.1f}" for k in ("english", "bitext", "sts"))
         if check.get("ok") is None:
-            lines.append(f"- model card's {key} row ({check['card']}): not checked, {check['reason']}.")
+            lines.append(f"- model card's {key} row ({card}): not checked, {check['reason']}.")
         else:
-            lines.append(f"- model card's {key} row ({check['card']}): reproduced {'yes' if check['ok'] else 'NO'} "
+            lines.append(f"- model card's {key} row ({card}): reproduced {'yes' if check['ok'] else 'NO'} "
                          f"(largest difference {check['max_abs_diff']:.2f}; card figures are rounded to 0.1).")
     change = data.get("encoder_change")
     if change:
@@ -406,7 +407,7 @@ def markdown(data: dict) -> str:
         for name, v in ml["splice"]["tasks"].items():
             lines.append(f"| {name} | {v['long_texts']} | {fmt(v['row_c'])} | {fmt(v['spliced_128'])} | "
                          f"{fmt(v['spliced_512'])} | {v['min_cosine_pytorch_128_vs_export']:.5f} |")
-    lines += ["", "Per task (main score):", "", "| task | " + " | ".join(k.split("_")[0] for k in rows) + " |",
+    lines += ["", "Per task (main score):", "", "| task | " + " | ".join(row["short"] for row in rows.values()) + " |",
               "|---|" + "---:|" * len(rows)]
     for task in cov["common_tasks"]:
         lines.append(f"| {task} | " + " | ".join(fmt(row["tasks"].get(task)) for row in rows.values()) + " |")
@@ -517,14 +518,14 @@ def run_all(args, steps: list[str]) -> None:
     if common:
         folders = {k: rows[k].folder(work) for k in ("a", "b", "c")}
         table = {
-            "a_encoder": {"label": "(a) mE5-small alone (`query: `)", **summary(pick["a"])},
-            "b_merged_encoder": {"label": "(b) merged encoder alone (stage-1 + stage-2 LoRA merged, `query: `)",
+            "a_encoder": {"short": "a", "label": "(a) mE5-small alone (`query: `)", **summary(pick["a"])},
+            "b_merged_encoder": {"short": "b", "label": "(b) merged encoder alone (stage-1 + stage-2 LoRA merged, `query: `)",
                                  **summary(pick["b"])},
-            "c_lusifer": {"label": f"(c) LUSIFER-small (export {args.variant}, default instructions)",
+            "c_lusifer": {"short": "c", "label": f"(c) LUSIFER-small (export {args.variant}, default instructions)",
                           **summary(pick["c"])},
-            "d_ensemble_a_c": {"label": "(d) ensemble (a)+(c), mean cosine",
+            "d_ensemble_a_c": {"short": "d a+c", "label": "(d) ensemble (a)+(c), mean cosine",
                                **summary(ensemble_entries([folders["a"], folders["c"]], pick["c"]))},
-            "d_ensemble_b_c": {"label": "(d) ensemble (b)+(c), mean cosine",
+            "d_ensemble_b_c": {"short": "d b+c", "label": "(d) ensemble (b)+(c), mean cosine",
                                **summary(ensemble_entries([folders["b"], folders["c"]], pick["c"]))},
         }
     complete = len(common) == len(suite.tasks)
