@@ -79,11 +79,16 @@ def main() -> None:
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Markdown table to write [default: OUT with .md].")
 @click.option("--chart", type=click.Path(dir_okay=False), default=None, help="PNG chart to write [default: OUT with .png].")
+@click.option("--save-vectors", type=click.Path(file_okay=False), default=None,
+              help="Also save each task's vectors (both sides, float32) to DIR/<row label>/<task>.npz.")
+@click.option("--no-cache", is_flag=True,
+              help="Embed every task's texts afresh (default: a text repeated across tasks is embedded once per run).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted --out: keep its finished runs.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress per task.")
 def run_command(models, suite, out, names, kind, bitext_instruction, sts_instruction, encoder_prefix, variant,
-                batch_size, limit, device, markdown, chart, resume, overwrite, verbose) -> None:
+                batch_size, limit, device, markdown, chart, save_vectors, no_cache, resume, overwrite,
+                verbose) -> None:
     """Evaluate one or more model folders on a suite; print per-language tables and write results JSON."""
     _setup_logging(verbose)
     if not verbose:  # hide transformers' weight-loading bars (read when transformers is first imported)
@@ -98,7 +103,7 @@ def run_command(models, suite, out, names, kind, bitext_instruction, sts_instruc
             instructions={"bitext": bitext_instruction, "sts": sts_instruction},
             batch_size=batch_size, limit=limit, device=device, encoder_prefix=encoder_prefix, variant=variant,
             markdown=markdown or str(Path(out).with_suffix(".md")), chart=chart or str(Path(out).with_suffix(".png")),
-            resume=resume, overwrite=overwrite,
+            resume=resume, overwrite=overwrite, save_vectors=save_vectors, cache=not no_cache,
         )
         evaluate_models(list(models), options, names=list(names), echo=click.echo,
                         progress=lambda tasks: tqdm(tasks, desc="tasks", unit="task", leave=False))

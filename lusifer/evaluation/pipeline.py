@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class EvalOptions:
         chart: Also write the PNG chart here.
         resume: Reuse the finished runs of an existing ``out`` made with the same settings.
         overwrite: Replace an existing ``out``.
+        save_vectors: Also save each task's vectors to ``save_vectors/<row label>/<task>.npz``.
+        cache: Embed a text that repeats across tasks (same instruction) once per run; scores are unchanged.
     """
 
     suite: str | os.PathLike
@@ -58,6 +61,8 @@ class EvalOptions:
     chart: str | os.PathLike | None = None
     resume: bool = False
     overwrite: bool = False
+    save_vectors: str | os.PathLike | None = None
+    cache: bool = True
 
     def __post_init__(self) -> None:
         if self.kind != "auto" and self.kind not in MODEL_KINDS:
@@ -73,6 +78,15 @@ class EvalOptions:
             raise ValueError("resume and overwrite exclude each other")
         if Path(self.out).suffix.lower() != ".json":
             raise ValueError(f"out={str(self.out)!r}; expected a .json file")
+        if self.save_vectors is not None and Path(self.save_vectors).exists() and not Path(self.save_vectors).is_dir():
+            raise ValueError(f"save_vectors={str(self.save_vectors)!r} is a file; expected a folder (created if missing)")
+
+
+def vectors_folder(root: str | os.PathLike, label: str) -> Path:
+    """Where ``--save-vectors root`` puts the vectors of the run labelled ``label``: ``root/<label>``, with
+    characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", label).strip(".") or "_"
+    return Path(root) / safe
 
 
 def model_names(models: list[str], names: list[str]) -> list[str]:
@@ -159,8 +173,10 @@ def evaluate_models(
                                      encoder_prefix=options.encoder_prefix, variant=options.variant)
             load_seconds = time.perf_counter() - start
             try:
+                vectors_dir = None if options.save_vectors is None else vectors_folder(options.save_vectors, label)
                 run = run_suite(embedder, suite, label, instructions=instructions, limit=options.limit,
-                                settings=settings, load_seconds=load_seconds, progress=progress)
+                                settings=settings, load_seconds=load_seconds, progress=progress,
+                                cache=options.cache, vectors_dir=vectors_dir)
             finally:
                 embedder.close()
         runs.append(run)
