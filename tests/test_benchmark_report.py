@@ -24,7 +24,7 @@ def test_readme_and_benchmarks_page_match_the_results_files():
 def test_check_fails_when_a_results_file_changes(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(REPO / "benchmarks" / "results", results)
-    edge = results / "cpu" / "edge_small_int8_block.json"  # the latest edge run: the README quotes it
+    edge = results / "cpu" / "edge_small_int8_only.json"  # the latest edge run: the README quotes it
     data = json.loads(edge.read_text("utf-8"))
     data["variants"]["int8"]["latency"]["2"]["p50_ms"] = 12.0
     edge.write_text(json.dumps(data), "utf-8")
@@ -75,7 +75,7 @@ def test_edge_latency_headline_comes_only_from_a_run_started_on_an_idle_machine(
     shutil.copytree(REPO / "benchmarks" / "results", results)
     readme, docs = tmp_path / "README.md", tmp_path / "benchmarks.md"
     shutil.copy(REPO / "README.md", readme)
-    edge = json.loads((results / "cpu" / "edge_small_int8_block.json").read_text("utf-8"))
+    edge = json.loads((results / "cpu" / "edge_small_int8_only.json").read_text("utf-8"))
     edge["machine"]["started"] = "2099-01-01T00:00:00+00:00"  # the newest edge run
     edge["variants"]["int8"]["latency"]["2"]["p50_ms"] = 12.0
     for load, quoted in ((9.5, False), (0.5, True)):
