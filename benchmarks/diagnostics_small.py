@@ -112,7 +112,6 @@ def embed_row(row: Row, work: Path, ordered: list, batch_size: int) -> None:
     """Embed and save the tasks of ``row`` that have no saved vectors yet (one cache over the whole call)."""
     from tqdm.auto import tqdm
 
-    from lusifer.atomic import write_json_atomic
     from lusifer.evaluation.embedders import load_embedder
     from lusifer.evaluation.runner import DEFAULT_INSTRUCTIONS, EmbeddingCache, evaluate_task
     from lusifer.evaluation.suite import load_task
@@ -277,6 +276,7 @@ def max_length_splice(merged: Path, row: Row, work: Path, suite, names: list[str
     from lusifer.evaluation.embedders import LusiferModelEmbedder
     from lusifer.evaluation.runner import load_task_vectors, score_task
     from lusifer.evaluation.suite import load_task
+    from lusifer.vectors import row_cosines
 
     embedder = LusiferModelEmbedder(merged, batch_size=batch_size)
     positions = int(embedder.model.encoder.config.max_position_embeddings)
@@ -298,8 +298,8 @@ def max_length_splice(merged: Path, row: Row, work: Path, suite, names: list[str
                 v["type"], v["embeddings1"], v["embeddings2"], v["gold"])["f1" if task.type == "bitext" else "spearman"]}
             onnx = {t: e for side, texts in (("embeddings1", data.sentence1), ("embeddings2", data.sentence2))
                     for t, e in zip(texts, v[side])}
-            entry["min_cosine_pytorch_128_vs_export"] = min(
-                float(np.dot(vectors[SHORT_LENGTH][t], onnx[t]) / np.linalg.norm(onnx[t])) for t in long)
+            entry["min_cosine_pytorch_128_vs_export"] = float(row_cosines(
+                np.stack([vectors[SHORT_LENGTH][t] for t in long]), np.stack([onnx[t] for t in long])).min())
             for length in (SHORT_LENGTH, LONG_LENGTH):
                 e1 = np.stack([vectors[length].get(t, e) for t, e in zip(data.sentence1, v["embeddings1"])])
                 e2 = np.stack([vectors[length].get(t, e) for t, e in zip(data.sentence2, v["embeddings2"])])

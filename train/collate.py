@@ -36,6 +36,17 @@ def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+
+def _target_ids(llm_tokenizer, targets: list[str], max_length: int, add_eos: bool) -> list[list[int]]:
+    """The LLM's token ids of stage-1 targets (no specials, cut at ``max_length``), EOS appended if asked."""
+    target_ids = llm_tokenizer(targets, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    eos = llm_tokenizer.eos_token_id
+    target_ids = [list(t) + ([eos] if add_eos and eos is not None else []) for t in target_ids]
+    if any(not t for t in target_ids):
+        raise ValueError("a stage-1 target tokenized to nothing; check the LLM tokenizer")
+    return target_ids
+
+
 @dataclass
 class Stage1Collator:
     """Encoder inputs (masked for reconstruction) and LLM target token ids.
@@ -86,13 +97,7 @@ class Stage1Collator:
                 if self.mask_ratio > 0:
                     self._mask(input_ids[i], enc["special_tokens_mask"][i], example_rng(self.seed, *keys[i]))
             targets.append(target)
-        target_ids = self.llm_tokenizer(
-            targets, add_special_tokens=False, truncation=True, max_length=self.max_target_length
-        )["input_ids"]
-        eos = self.llm_tokenizer.eos_token_id
-        target_ids = [list(t) + ([eos] if self.add_eos and eos is not None else []) for t in target_ids]
-        if any(not t for t in target_ids):
-            raise ValueError("a stage-1 target tokenized to nothing; check the LLM tokenizer")
+        target_ids = _target_ids(self.llm_tokenizer, targets, self.max_target_length, self.add_eos)
         ids, mask = _pad(input_ids, int(self.tokenizer.pad_token_id))
         tids, tmask = _pad(target_ids, 0)
         return {
@@ -170,13 +175,7 @@ class Stage1ReferenceCollator:
             if not comp:
                 target = self._seen_part(target, instructions[i], enc["offset_mapping"][i])
             targets.append(target)
-        target_ids = self.llm_tokenizer(
-            targets, add_special_tokens=False, truncation=True, max_length=self.max_target_length
-        )["input_ids"]
-        eos = self.llm_tokenizer.eos_token_id
-        target_ids = [list(t) + ([eos] if self.add_eos and eos is not None else []) for t in target_ids]
-        if any(not t for t in target_ids):
-            raise ValueError("a stage-1 target tokenized to nothing; check the LLM tokenizer")
+        target_ids = _target_ids(self.llm_tokenizer, targets, self.max_target_length, self.add_eos)
         llm_input_ids, kept = [], []
         for ids, key in zip(target_ids, keys, strict=True):
             rng = example_rng(self.seed, *key)
